@@ -97,17 +97,20 @@ def test_random_flow_is_not_identity(layer_type):
     assert not torch.equal(flow.forward(x), x)
 
 
-@pytest.mark.parametrize("conditioner", ["table", "mlp"])
+@pytest.mark.parametrize(
+    ("conditioner", "method"), [("table", "gradient"), ("table", "search"), ("mlp", "gradient")]
+)
 @pytest.mark.parametrize("layer_type", ["shift", "affine"])
 @pytest.mark.parametrize("size", [7, 16])
-def test_round_trip_after_training(size, layer_type, conditioner):
+def test_round_trip_after_training(size, layer_type, conditioner, method):
     config = FlowConfig(
         vocab_size=size, layers=4, layer_type=layer_type, conditioner=conditioner, hidden=16
     )
     flow = create_flow(config, seed=3)
     before = [p.detach().clone() for p in flow.parameters()]
-    trainer = Trainer(flow, preset("gaussian", size), TrainConfig(steps=5, lr=0.3, device="cpu"))
-    trainer.run()
+    settings = TrainConfig(method=method, steps=5, lr=0.3, restarts=0, device="cpu")
+    trainer = Trainer(flow, preset("gaussian", size), settings)
+    trainer.run(steps=5)
     x = grid(size)
 
     changed = [not torch.equal(a, b) for a, b in zip(before, flow.parameters())]

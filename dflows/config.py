@@ -12,6 +12,7 @@ from .layers import CONDITIONERS, LAYER_TYPES
 MAX_VOCAB_SIZE = 4096
 MAX_LAYERS = 64
 OBJECTIVES = ("exact", "sampled")
+METHODS = ("search", "gradient")
 
 
 class ConfigError(ValueError):
@@ -93,17 +94,29 @@ class FlowConfig:
 class TrainConfig:
     """How a ``Trainer`` optimises a flow.
 
+    Two methods are available. ``"search"`` (lookup-table conditioners on a grid only) is an
+    annealed exact search over the classes the tables pick, started from the best of several
+    coarse-grid searches; see ``dflows.search``. ``"gradient"`` is Adam on straight-through
+    gradients, the method of Tran et al. (2019); it works with every conditioner.
+
     Attributes:
-        steps: optimiser steps of a run; 0 means until stopped.
+        method: ``"search"`` or ``"gradient"``.
+        steps: sweeps (search) or optimiser steps (gradient) of a run; 0 means until
+            stopped. The search's coarse starts come on top of these.
         objective: ``"exact"`` minimises the expected NLL ``-sum_x p(x) log q(x)`` over the
             target's cells; ``"sampled"`` minimises the mean NLL of a batch drawn from it.
         batch_size: samples per step for the sampled objective.
         lr: Adam learning rate of the coupling layers.
         base_lr: Adam learning rate of the base logits; None uses ``lr``.
         lr_final: learning rate at the last step (cosine decay); None keeps ``lr`` constant.
-        temperature: straight-through softmax temperature at the first step.
+        temperature: at the first step, the straight-through softmax temperature (gradient)
+            or the annealing temperature in nats per unit of row mass (search).
         temperature_final: temperature at the last step (geometric schedule); None keeps
             ``temperature`` constant.
+        restarts: coarse-grid starts of the search (0 starts at full resolution).
+        coarse_sweeps: sweeps of each coarse start.
+        coarse_factor: the coarse grid of the search's starts is ``K / coarse_factor`` cells
+            per axis; None takes turns between 13, 9 and 6.
         input_gradient: let gradients flow into the conditioners' inputs.
         base_init: ``"uniform"`` or ``"marginals"`` (start the base at the target's marginals).
         seed: seed of the weights, the batches and the samples.
@@ -111,14 +124,18 @@ class TrainConfig:
         threads: torch intra-op threads while training.
     """
 
-    steps: int = 1000
+    method: str = "search"
+    steps: int = 400
     objective: str = "exact"
     batch_size: int = 1024
     lr: float = 0.01
     base_lr: float | None = None
     lr_final: float | None = None
     temperature: float = 0.1
-    temperature_final: float | None = None
+    temperature_final: float | None = 0.002
+    restarts: int = 16
+    coarse_sweeps: int = 200
+    coarse_factor: float | None = None
     input_gradient: bool = True
     base_init: str = "uniform"
     seed: int = 0
@@ -127,6 +144,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first invalid setting."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method {self.method!r} is unknown; use one of {METHODS}")
         _check_range("steps", self.steps, 0, 10**9)
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective {self.objective!r} is unknown; use one of {OBJECTIVES}")
@@ -145,6 +164,10 @@ class TrainConfig:
             raise ConfigError(
                 f"base_init {self.base_init!r} is unknown; use 'uniform' or 'marginals'"
             )
+        _check_range("restarts", self.restarts, 0, 1000)
+        _check_range("coarse_sweeps", self.coarse_sweeps, 1, 100000)
+        if self.coarse_factor is not None:
+            _check_range("coarse_factor", self.coarse_factor, 1.5, 1000.0, float)
         _check_range("seed", self.seed, 0, 2**63 - 1)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a name such as 'cpu' or 'cuda', got {self.device!r}")
@@ -164,8 +187,11 @@ def recommended_configs(preset: str | None = None, grid: int | None = None) -> t
     ``grid`` sets K; it defaults to 91. These are the defaults of ``dflows train`` and of
     the app.
     """
-    flow = FlowConfig(vocab_size=91 if grid is None else grid)
+    flow = FlowConfig(vocab_size=91 if grid is None else grid, layers=4)
     train = TrainConfig()
+    if preset == "ring8":
+        # One coarse cell per Gaussian: at K = 91 the starts search a 7 x 7 grid.
+        train.coarse_factor = 13.0
     flow.validate()
     train.validate()
     return flow, train

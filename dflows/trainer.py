@@ -6,7 +6,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from .config import FlowConfig, TrainConfig
 from .devices import resolve_device
 from .flow import DiscreteFlow
 from .metrics import Metrics, compute_metrics, entropy, factorized_entropy
+from .search import GridSearch, temperature_at
 from .targets import validate_target
 
 # The exact objective skips cells whose probability is below this fraction of the largest
@@ -61,7 +62,6 @@ class Snapshot:
     layers: list[np.ndarray]
     data_histogram: np.ndarray | None = None
     generated_histogram: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -82,13 +82,18 @@ def histogram(cells: torch.Tensor, size: int) -> np.ndarray:
 
 
 class Trainer:
-    """Fits a 2-variable ``DiscreteFlow`` to a ``K x K`` target with Adam.
+    """Fits a 2-variable ``DiscreteFlow`` to a ``K x K`` target.
 
-    The model is moved to the configured device and trained in place. ``step`` makes one
-    optimiser step; ``run`` makes many, calls a callback with a ``Snapshot`` every few steps
-    and can be stopped from another thread with ``request_stop``. A step whose loss or
-    gradient is not finite is not applied: it raises ``TrainingDiverged`` and the weights of
-    the last good step stay in place.
+    The method is the config's: ``"search"`` (annealed exact search over the table choices,
+    see ``dflows.search``; its steps are a few coarse starts and then sweeps at full
+    resolution) or ``"gradient"`` (Adam on straight-through gradients). The model is moved to
+    the configured device and trained in place; the search itself runs on the CPU with NumPy
+    and writes its choices into the model after every step.
+
+    ``step`` makes one step; ``run`` makes many, calls a callback with a ``Snapshot`` every
+    few steps and can be stopped from another thread with ``request_stop``. A gradient step
+    whose loss or gradient is not finite is not applied: it raises ``TrainingDiverged`` and
+    the weights of the last good step stay in place.
 
     The history in ``model.history`` holds, per step, ``step`` and ``loss`` (the training
     objective, in nats), and at every ``eval_every`` steps ``eval_step``, ``nll`` and ``kl``
@@ -141,6 +146,20 @@ class Trainer:
                 {"params": list(self.model.base.parameters()), "lr": base_lr},
             ]
         )
+        self.search: GridSearch | None = None
+        self._fine_steps = 0
+        if self.config.method == "search":
+            self.search = GridSearch.from_model(
+                self.model,
+                self.target,
+                seed=self.config.seed,
+                restarts=0 if model.history.get("step") else self.config.restarts,
+                coarse_sweeps=self.config.coarse_sweeps,
+                coarse_factors=(
+                    (13.0, 9.0, 6.0) if self.config.coarse_factor is None else (self.config.coarse_factor,)
+                ),
+            )
+            self.search.write_to(self.model)
 
         history = self.model.history
         for key in ("step", "loss", "eval_step", "nll", "kl", "seconds"):
@@ -197,8 +216,23 @@ class Trainer:
         self._lr = float(value)
         self._scheduled = False
 
+    @property
+    def total_steps(self) -> int:
+        """Steps a run makes by default: the configured steps plus coarse starts still due."""
+        if self.config.steps == 0:
+            return 0
+        restarts = self.search.restarts_left if self.search is not None else 0
+        return self.config.steps + restarts
+
     def _update_schedules(self) -> None:
         config = self.config
+        if self.search is not None:
+            if self._scheduled and config.steps > 0 and config.temperature_final is not None:
+                self._temperature = temperature_at(
+                    config.temperature, config.temperature_final,
+                    min(self._fine_steps, config.steps - 1), config.steps,
+                )
+            return
         if self._scheduled and config.steps > 0:
             progress = min(1.0, (self.step_count - self._start_step) / max(1, config.steps - 1))
             if config.temperature_final is not None:
@@ -254,6 +288,43 @@ class Trainer:
         """
         started = time.perf_counter()
         self._update_schedules()
+        if self.search is not None:
+            loss = self._search_step()
+        else:
+            loss = self._gradient_step()
+
+        self.step_count += 1
+        self.last_loss = loss
+        self._seconds += time.perf_counter() - started
+        history = self.model.history
+        history["step"].append(self.step_count)
+        history["loss"].append(loss)
+        if self.step_count % self.eval_every == 0:
+            self._record_eval()
+        return loss
+
+    def _search_step(self) -> float:
+        search = self.search
+        if search.in_coarse_phase:
+            search.coarse_step()
+            loss = search.nll()
+        else:
+            loss = search.fine_step(self._temperature)
+            self._fine_steps += 1
+        search.write_to(self.model)
+        return loss
+
+    def finish(self) -> None:
+        """End a search run at its best state, polished greedily; gradient runs are unchanged.
+
+        ``run`` calls this before it returns.
+        """
+        if self.search is None:
+            return
+        self.last_loss = self.search.finish()
+        self.search.write_to(self.model)
+
+    def _gradient_step(self) -> float:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._objective()
@@ -265,15 +336,6 @@ class Trainer:
                 "Lower the learning rate or raise the temperature and train again."
             )
         self.optimizer.step()
-
-        self.step_count += 1
-        self.last_loss = loss
-        self._seconds += time.perf_counter() - started
-        history = self.model.history
-        history["step"].append(self.step_count)
-        history["loss"].append(loss)
-        if self.step_count % self.eval_every == 0:
-            self._record_eval()
         return loss
 
     # Evaluation.
@@ -359,13 +421,13 @@ class Trainer:
         samples: int = 0,
         progress: Callable[[int, float], None] | None = None,
     ) -> RunResult:
-        """Train for ``steps`` steps (default: the configured number; 0 means until stopped).
+        """Train for ``steps`` steps (default: ``total_steps``; 0 means until stopped).
 
         ``callback`` gets a ``Snapshot`` every ``every`` steps and after the last one;
         ``progress(step, loss)`` is called after every step. The stop flag is checked before
-        every step and cleared when the run returns.
+        every step and cleared when the run returns. A search run ends at its best state.
         """
-        total = self.config.steps if steps is None else steps
+        total = self.total_steps if steps is None else steps
         torch.set_num_threads(self.config.threads)
         started = time.perf_counter()
         done = 0
@@ -387,6 +449,7 @@ class Trainer:
                     callback(self.snapshot(samples))
         finally:
             self._stop.clear()
+        self.finish()
         self._record_eval()
         if callback is not None and (done % every != 0 or done == 0):
             callback(self.snapshot(samples))

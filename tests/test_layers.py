@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dflows.layers import CouplingLayer
-from dflows.modular import units
+from dflows.modular import straight_through_one_hot, units
 
 torch.set_num_threads(1)
 
@@ -274,6 +274,62 @@ def test_codes_with_input_gradient_reach_kept():
     (out[:, 1] * weights[:, 1]).sum().backward()
 
     assert codes.grad[:, 0].abs().sum() > 0
+
+
+def dense_one_hot_op(x, s, combine):
+    """Return ``y[..., k] = sum over (j, m) with combine(j, m) % K == k of x[j] s[m]``, densely."""
+    size = x.shape[-1]
+    indicator = torch.zeros(size, size, size, dtype=x.dtype)
+    for j in range(size):
+        for m in range(size):
+            indicator[j, m, combine(j, m) % size] = 1.0
+    return torch.einsum("...j,...m,jmk->...k", x, s, indicator)
+
+
+def dense_forward_codes(layer, codes, temperature):
+    """Compute a table layer's ``forward_codes`` with dense bilinear maps and no gathers.
+
+    The conditioner is the one-hot row code times the table, and addition and
+    multiplication mod K are the dense bilinear forms, so autograd differentiates the maps
+    that the library's gathers stand for.
+    """
+    kept = codes[:, layer.kept_index]
+    moved = codes[:, layer.moved_index]
+    row_code = kept[:, 0]
+    for column in range(1, kept.shape[1]):
+        row_code = (row_code.unsqueeze(-1) * kept[:, column].unsqueeze(1)).flatten(1)
+    logits = (row_code @ layer.conditioner.table).view(-1, layer.heads, layer.num_moved, layer.vocab_size)
+
+    if layer.heads == 2:
+        scale = straight_through_one_hot(logits[:, 1], temperature, mask=layer.units)
+        moved = dense_one_hot_op(moved, scale, lambda j, m: j * m)
+    loc = straight_through_one_hot(logits[:, 0], temperature)
+    moved = dense_one_hot_op(moved, loc, lambda j, m: j + m)
+    return codes.index_copy(1, layer.moved_index, moved)
+
+
+@pytest.mark.parametrize("layer_type", ["shift", "affine"])
+@pytest.mark.parametrize(("size", "num_variables", "moved"), [(6, 2, [1]), (5, 2, [0]), (4, 3, [2])])
+def test_forward_codes_gradient_matches_dense(size, num_variables, moved, layer_type):
+    layer = random_layer(size, layer_type, "table", seed=17, num_variables=num_variables, moved=moved)
+    # Smaller logits keep the softmax away from saturation, so its gradients are not all ~0.
+    layer.conditioner.table.data.mul_(0.1)
+    generator = torch.Generator().manual_seed(3)
+    points = torch.randint(0, size, (60, num_variables), generator=generator)
+    upstream = torch.randn(60, num_variables, size, generator=generator)
+    codes = F.one_hot(points, size).float()
+
+    fast_codes = codes.clone().requires_grad_(True)
+    layer.forward_codes(fast_codes, temperature=0.7).backward(upstream)
+    fast_table_grad = layer.conditioner.table.grad.clone()
+    layer.conditioner.table.grad = None
+
+    dense_codes = codes.clone().requires_grad_(True)
+    dense_forward_codes(layer, dense_codes, temperature=0.7).backward(upstream)
+
+    assert fast_table_grad.abs().sum() > 0
+    torch.testing.assert_close(fast_table_grad, layer.conditioner.table.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_codes.grad, dense_codes.grad, rtol=1e-5, atol=1e-6)
 
 
 # More than two variables.

@@ -372,6 +372,15 @@ def test_image_via_load_target(tmp_path):
     assert np.unravel_index(target.argmax(), target.shape) == (0, 0)
 
 
+def test_image_upper_case_suffix(tmp_path):
+    path = tmp_path / "LOPSIDED.PNG"
+    Image.fromarray(lopsided_pixels()).save(path, format="PNG")
+
+    target = load_target(path, size=8)
+
+    assert np.unravel_index(target.argmax(), target.shape) == (0, 0)
+
+
 def test_image_default_size(tmp_path):
     path = tmp_path / "lopsided.png"
     Image.fromarray(lopsided_pixels()).save(path)

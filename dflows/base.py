@@ -47,6 +47,8 @@ class FactorizedCategorical(nn.Module):
         The draws are made on the CPU, so a CPU ``generator`` gives the same samples on
         every device.
         """
+        if n == 0:
+            return torch.zeros(0, self.num_variables, dtype=torch.long, device=self.logits.device)
         probs = self.log_probs(torch.float64).exp().cpu()
         draws = torch.multinomial(probs, n, replacement=True, generator=generator)
         return draws.T.contiguous().to(self.logits.device)

@@ -35,7 +35,7 @@ def _from_dict(cls, data: dict[str, Any]):
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__} needs a dict, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(key) for key in set(data) - names)
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
     config = cls(**data)

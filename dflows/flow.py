@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .base import FactorizedCategorical
-from .config import FlowConfig
+from .config import ConfigError, FlowConfig
 from .layers import CouplingLayer
 
 
@@ -51,19 +51,25 @@ class DiscreteFlow(nn.Module):
         half = config.num_variables // 2
         first = list(range(half))
         second = list(range(half, config.num_variables))
-        self.layers = nn.ModuleList(
-            CouplingLayer(
-                config.vocab_size,
-                config.num_variables,
-                second if i % 2 == 0 else first,
-                layer_type=config.layer_type,
-                conditioner=config.conditioner,
-                hidden=config.hidden,
-                identity_bias=config.identity_bias,
-                init_std=config.init_std,
-            )
-            for i in range(config.layers)
-        )
+        try:
+            layers = [
+                CouplingLayer(
+                    config.vocab_size,
+                    config.num_variables,
+                    second if i % 2 == 0 else first,
+                    layer_type=config.layer_type,
+                    conditioner=config.conditioner,
+                    hidden=config.hidden,
+                    identity_bias=config.identity_bias,
+                    init_std=config.init_std,
+                )
+                for i in range(config.layers)
+            ]
+        except ValueError as error:
+            # A setting can pass FlowConfig.validate and still be too large, such as a lookup
+            # table over many kept variables.
+            raise ConfigError(str(error)) from None
+        self.layers = nn.ModuleList(layers)
         self.base = FactorizedCategorical(config.num_variables, config.vocab_size)
         self.target: np.ndarray | None = None
         self.history: dict[str, list] = {}

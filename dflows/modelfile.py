@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -25,6 +26,7 @@ from .flow import DiscreteFlow
 from .targets import TargetError, validate_target
 
 FORMAT_NAME = "dflows-model"
+ZIP_MAGIC = b"PK\x03\x04"
 FORMAT_VERSION = 1
 SUFFIX = ".dflow"
 
@@ -51,6 +53,8 @@ def _history_from_file(history: dict[str, Any]) -> dict[str, list]:
 def _checksum(data: dict[str, Any]) -> str:
     """Return a SHA-256 over the weights, target and history, in a fixed order."""
     digest = hashlib.sha256()
+    settings = {"flow_config": data["flow_config"], "train_config": data["train_config"]}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     arrays = [("state_dict." + key, value) for key, value in sorted(data["state_dict"].items())]
     arrays += [("history." + key, value) for key, value in sorted(data["history"].items())]
     if data["target"] is not None:
@@ -100,11 +104,26 @@ def save(model: DiscreteFlow, path: str | os.PathLike) -> Path:
             file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp creates the file readable by its owner only; give it the mode an ordinary
+        # new file would have, or keep the mode of the file it replaces.
+        os.chmod(temporary, _file_mode(path))
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise ModelFileError(f"{path}: writing failed ({error.strerror or error})") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path
+
+
+def _file_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -113,11 +132,18 @@ def _read(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file")
     try:
+        with open(path, "rb") as file:
+            head = file.read(4)
         is_archive = zipfile.is_zipfile(path)
     except OSError as error:
         raise ModelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
     if not is_archive:
+        if head == ZIP_MAGIC:
+            raise ModelFileError(f"{path}: the model file is truncated or corrupt (its archive is incomplete)")
         raise ModelFileError(f"{path}: not a dflows model file (it is not a torch archive)")
+    with zipfile.ZipFile(path) as archive:
+        if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+            raise ModelFileError(f"{path}: not a dflows model file (a zip archive without torch records)")
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -151,9 +177,12 @@ def load(path: str | os.PathLike) -> DiscreteFlow:
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: written by a newer dflows (format version {version}; this one reads up to "
-            f"{FORMAT_VERSION}); upgrade dflows-explorer to open it"
+            f"{FORMAT_VERSION}); upgrade the dflows-explorer package to open it"
         )
 
+    for key in ("flow_config", "train_config", "state_dict", "target", "history"):
+        if key not in data:
+            raise ModelFileError(f"{path}: damaged model file, entry '{key}' is missing")
     try:
         intact = data["checksum"] == _checksum(data)
     except (KeyError, TypeError, AttributeError, RuntimeError):
@@ -165,8 +194,6 @@ def load(path: str | os.PathLike) -> DiscreteFlow:
         config = FlowConfig.from_dict(data["flow_config"])
         model = DiscreteFlow(config)
         model.load_state_dict(data["state_dict"])
-    except KeyError as error:
-        raise ModelFileError(f"{path}: damaged model file, entry {error} is missing") from None
     except (ConfigError, TypeError) as error:
         raise ModelFileError(f"{path}: damaged model settings ({error})") from None
     except RuntimeError as error:

@@ -26,6 +26,8 @@ random starts; the best start, lifted to K, is then annealed at full resolution.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -45,6 +47,13 @@ CHOSEN_LOGIT = 10.0
 
 # Grids at or below this size start from a fine search directly.
 MIN_COARSE_SOURCE = 13
+
+
+@lru_cache(maxsize=64)
+def _grid_tables(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``arange(K)``, ``arange(K)[:, None]`` and the inverses mod K, for reuse."""
+    classes = np.arange(size)
+    return classes, classes[:, None], inverse_table(size).numpy()
 
 
 class _Layer:
@@ -67,23 +76,21 @@ class _Layer:
         """View ``array`` with the kept variable on axis 0 and the moved one on axis 1."""
         return array if self.moved_axis == 1 else array.T
 
-    def push(self, p: np.ndarray, inverses: np.ndarray) -> np.ndarray:
+    def push(self, p: np.ndarray) -> np.ndarray:
         """Move the mass of every cell to its image: ``out[v, s x + m] = p[v, x]``."""
-        rows = self._rows_first(p)
-        classes = np.arange(self.size)
-        # out[v, y] = rows[v, s^-1 (y - m)]
+        classes, row_index, inverses = _grid_tables(self.size)
+        # out[v, y] = p[v, s^-1 (y - m)]
         source = (classes[None, :] - self.loc[:, None]) % self.size
         if self.affine:
             source = (source * inverses[self.scale][:, None]) % self.size
-        out = np.take_along_axis(rows, source, axis=1)
+        out = self._rows_first(p)[row_index, source]
         return out if self.moved_axis == 1 else out.T
 
     def pull(self, cost: np.ndarray) -> np.ndarray:
         """Return the cost at every input cell: ``out[v, x] = cost[v, s x + m]``."""
-        rows = self._rows_first(cost)
-        classes = np.arange(self.size)
+        classes, row_index, _ = _grid_tables(self.size)
         target = (classes[None, :] * self.scale[:, None] + self.loc[:, None]) % self.size
-        out = np.take_along_axis(rows, target, axis=1)
+        out = self._rows_first(cost)[row_index, target]
         return out if self.moved_axis == 1 else out.T
 
 
@@ -136,9 +143,8 @@ class GridSearch:
         """Return the target (or ``p``) pushed through the layers."""
         layers = self.layers if layers is None else layers
         p = self.target if p is None else p
-        inverses = inverse_table(p.shape[0]).numpy()
         for layer in layers:
-            p = layer.push(p, inverses)
+            p = layer.push(p)
         return p
 
     def nll(self, layers: list[_Layer] | None = None, p: np.ndarray | None = None) -> float:
@@ -151,12 +157,12 @@ class GridSearch:
     def _sweep(self, layers: list[_Layer], p: np.ndarray, temperature: float) -> None:
         """Update every layer once, in order, at ``temperature`` (0 means greedy)."""
         size = p.shape[0]
-        inverses = inverse_table(size).numpy()
+        classes, _, inverses = _grid_tables(size)
         unit_list = units(size)
         inputs = p
         for index, layer in enumerate(layers):
             later = layers[index + 1 :]
-            z = self.latent(later, layer.push(inputs, inverses)) if later else layer.push(inputs, inverses)
+            z = self.latent(later, layer.push(inputs))
             log_row = np.log(z.sum(axis=1) + MARGINAL_FLOOR)
             log_column = np.log(z.sum(axis=0) + MARGINAL_FLOOR)
             cost = -(log_row[:, None] + log_column[None, :])
@@ -167,11 +173,11 @@ class GridSearch:
             cost_rows = layer._rows_first(cost)
             scales = unit_list if layer.affine else [1]
             totals = np.stack(
-                [_correlate(p_rows[:, (inverses[s] * np.arange(size)) % size], cost_rows) for s in scales],
+                [_correlate(p_rows[:, (inverses[s] * classes) % size], cost_rows) for s in scales],
                 axis=1,
             )  # (K, scales, K)
             self._choose(layer, totals.reshape(size, -1), p_rows.sum(axis=1), scales, temperature)
-            inputs = layer.push(inputs, inverses)
+            inputs = layer.push(inputs)
 
     def _choose(
         self, layer: _Layer, totals: np.ndarray, mass: np.ndarray, scales: list[int], temperature: float

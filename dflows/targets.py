@@ -313,21 +313,33 @@ def _square(array: np.ndarray) -> np.ndarray:
 def image_to_array(path: str | os.PathLike, invert: bool = False) -> np.ndarray:
     """Read an image as intensities in ``[0, 1]``: luminance times alpha, shape ``(H, W)``.
 
-    With ``invert=True``, dark pixels get high values instead (alpha still applies).
+    The EXIF orientation is applied, so the array looks as the image does in a viewer.
+    16-bit and floating-point grayscale images keep their full range. With ``invert=True``,
+    dark pixels get high values instead (alpha still applies).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
             image.load()
-            rgba = image.convert("RGBA")
-            luminance = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                values = np.asarray(image, dtype=np.float64)
+                if image.mode == "F":
+                    top = values.max() if values.max() > 0 else 1.0
+                else:
+                    top = max(65535.0, values.max())
+                luminance = np.clip(values / top, 0.0, 1.0)
+                alpha = np.ones_like(luminance)
+            else:
+                rgba = image.convert("RGBA")
+                luminance = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+                alpha = np.asarray(rgba, dtype=np.float64)[..., 3] / 255.0
     except FileNotFoundError:
         raise TargetError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise TargetError(f"{path}: not a readable image ({error})") from None
-    alpha = np.asarray(rgba, dtype=np.float64)[..., 3] / 255.0
     if invert:
         luminance = 1.0 - luminance
     return luminance * alpha

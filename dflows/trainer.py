@@ -130,6 +130,8 @@ class Trainer:
 
         self._stop = threading.Event()
         self._generator = torch.Generator().manual_seed(self.config.seed)
+        # Snapshots draw from their own generator so that watching a run does not change it.
+        self._display_generator = torch.Generator().manual_seed(self.config.seed + 1)
         self._flat_probabilities = torch.from_numpy(self.target.reshape(-1))
         self._prepare_support()
         if self.config.base_init == "marginals" and not model.history:
@@ -380,10 +382,10 @@ class Trainer:
         data_histogram = generated_histogram = None
         if samples > 0:
             flat = torch.multinomial(
-                self._flat_probabilities, samples, replacement=True, generator=self._generator
+                self._flat_probabilities, samples, replacement=True, generator=self._display_generator
             )
             data_histogram = histogram(torch.stack([flat // size, flat % size], 1), size)
-            generated = self.model.sample(samples, generator=self._generator)
+            generated = self.model.sample(samples, generator=self._display_generator)
             generated_histogram = histogram(generated, size)
 
         return Snapshot(

@@ -357,10 +357,6 @@ def test_sample_is_reproducible_with_generator():
     assert torch.equal(first, second)
 
 
-@pytest.mark.xfail(
-    reason="FactorizedCategorical.sample passes n=0 to torch.multinomial, which raises",
-    strict=True,
-)
 def test_sample_zero_points():
     assert random_flow(5, 2).sample(0).shape == (0, 2)
 

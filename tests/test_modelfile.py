@@ -226,10 +226,6 @@ def test_load_empty_file(tmp_path):
     assert "not a dflows model file" in load_problem(path)
 
 
-@pytest.mark.xfail(
-    reason="a zip without torch records is reported as 'truncated or corrupt', not as foreign",
-    strict=True,
-)
 def test_load_foreign_zip(tmp_path):
     path = tmp_path / "notes.dflow"
     with zipfile.ZipFile(path, "w") as archive:
@@ -310,10 +306,6 @@ def test_load_truncated_file_raises(saved_file):
         load(saved_file)
 
 
-@pytest.mark.xfail(
-    reason="a truncated model file fails zipfile.is_zipfile and is reported as a foreign file",
-    strict=True,
-)
 @pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
 def test_load_truncated_file_message(saved_file, fraction):
     data = saved_file.read_bytes()
@@ -379,6 +371,7 @@ def test_load_invalid_flow_config(trained_model, tmp_path):
     path = tmp_path / "model.dflow"
     data = model_to_dict(trained_model)
     data["flow_config"]["layer_type"] = "rotate"
+    data["checksum"] = modelfile._checksum(data)
     torch.save(data, path)
 
     message = load_problem(path)
@@ -391,6 +384,7 @@ def test_load_config_weights_mismatch(trained_model, tmp_path):
     path = tmp_path / "model.dflow"
     data = model_to_dict(trained_model)
     data["flow_config"]["layers"] = 2
+    data["checksum"] = modelfile._checksum(data)
     torch.save(data, path)
 
     assert load_problem(path).startswith("weights do not match the settings")
@@ -466,10 +460,6 @@ def test_failed_first_write_leaves_nothing(trained_model, tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    reason="save only cleans up after OSError, so an interrupt during the write leaves the temporary file",
-    strict=True,
-)
 def test_interrupted_write_leaves_no_temporary(trained_model, tmp_path, monkeypatch):
     path = tmp_path / "model.dflow"
     save(trained_model, path)
@@ -491,10 +481,6 @@ def test_save_into_missing_folder(trained_model, tmp_path):
         save(trained_model, path)
 
 
-@pytest.mark.xfail(
-    reason="save writes through tempfile.mkstemp, whose 0600 mode the renamed file keeps",
-    strict=True,
-)
 def test_saved_file_mode_follows_umask(trained_model, tmp_path):
     path = tmp_path / "model.dflow"
     previous_umask = os.umask(0o022)

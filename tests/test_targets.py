@@ -431,10 +431,6 @@ def test_image_to_array_values(tmp_path):
     assert np.allclose(values, [[0.0, 0.2], [1.0, 0.4]], rtol=0, atol=1e-15)
 
 
-@pytest.mark.xfail(
-    reason="image_to_array converts 16-bit images with convert('L'), which clips at 255",
-    strict=True,
-)
 def test_image_sixteen_bit_keeps_levels(tmp_path):
     path = tmp_path / "deep.png"
     pixels = np.zeros((40, 40), dtype=np.uint16)
@@ -447,10 +443,6 @@ def test_image_sixteen_bit_keeps_levels(tmp_path):
     assert target[0, 0] > 10 * target[3, 3]
 
 
-@pytest.mark.xfail(
-    reason="image_to_array ignores the EXIF orientation tag that viewers apply",
-    strict=True,
-)
 def test_image_exif_rotation_applied(tmp_path):
     path = tmp_path / "rotated.jpg"
     # The stored pixels are bright at the bottom right. EXIF orientation 3 (rotate by 180

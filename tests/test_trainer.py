@@ -550,10 +550,6 @@ def test_histogram_counts_cells():
     assert counts.tolist() == [[0, 2, 0], [0, 0, 0], [1, 0, 0]]
 
 
-@pytest.mark.xfail(
-    reason="snapshot(samples>0) draws from the generator that also draws the training batches",
-    strict=True,
-)
 def test_snapshots_do_not_change_sampled_training():
     watched = make_trainer(method="gradient", objective="sampled", seed=3, batch_size=64)
     unwatched = make_trainer(method="gradient", objective="sampled", seed=3, batch_size=64)

@@ -914,6 +914,41 @@ def format_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Profiling.
+
+PROFILE_STEPS = 20
+
+
+def profile_training(device: torch.device, rows: int) -> str:
+    """Profile the K = 91, 4-layer training step of dflows and of the baseline with torch.profiler.
+
+    Returns, for each, the ``rows`` operators with the largest self time. Profiling slows
+    every operator, so the times add up to more than the benchmark's step times.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    sections = []
+    for name, variant in TRAINING_VARIANTS.items():
+        spec = {"kind": "train", "vocab_size": FIGURE2_VOCAB_SIZE, "layers": 4,
+                "batch_size": BATCH_SIZE, **variant}
+        step = build_workload(spec, device)
+        for _ in range(3):
+            step()
+        synchronize(device)
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(PROFILE_STEPS):
+                step()
+            synchronize(device)
+        table = profiler.key_averages().table(sort_by=sort_key, row_limit=rows)
+        sections.append(
+            f"{name}, K={FIGURE2_VOCAB_SIZE}, 4 layers, {PROFILE_STEPS} steps:\n{table}"
+        )
+    return "\n".join(sections)
+
+
 # Command line.
 
 
@@ -938,6 +973,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test with reduced sizes, a few seconds")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all results as JSON to PATH")
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="write the result tables as Markdown to PATH")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="print the operators that take the most time in the K=91, 4-layer training step "
+        "of each implementation, then exit",
+    )
     parser.add_argument("--memory-probe", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--memory-calls", type=positive_int, default=3, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -992,6 +1032,10 @@ def main(argv: list[str] | None = None) -> int:
     except dflows.DeviceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+    if arguments.profile:
+        print(profile_training(device, rows=15))
+        return 0
 
     results = run_benchmark(arguments, device)
     print("\n".join(format_settings(results) + [""] + format_tables(results)))

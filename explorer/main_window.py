@@ -59,7 +59,14 @@ class RunState(enum.Enum):
 
 
 class MainWindow(QtWidgets.QMainWindow):
-    """The dflows explorer window; ``settings`` stores preferences between launches."""
+    """The dflows explorer window; ``settings`` stores preferences between launches.
+
+    ``snapshot_shown(Snapshot)`` is emitted after a training snapshot is drawn, and
+    ``job_finished(JobResult)`` after a job has ended and the run state is updated.
+    """
+
+    snapshot_shown = QtCore.Signal(object)
+    job_finished = QtCore.Signal(object)
 
     def __init__(self, settings: QtCore.QSettings, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -73,7 +80,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.job: TrainingJob | None = None
         self.thread: QtCore.QThread | None = None
         self.job_is_single_step = False
-        # Steps left in the paused run; None lets the next job make a full run of the trainer.
+        # Steps left in the paused run; None when it runs until stopped.
         self.remaining_steps: int | None = None
         self.until_stopped = False
         self.stop_intent: str | None = None
@@ -749,6 +756,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.show_snapshot(snapshot)
             self.update_times.append(time.monotonic())
             self.rate_label.setText(f"views {self.view_updates_per_second():.0f}/s")
+            self.snapshot_shown.emit(snapshot)
         if self.job is not None and self.job.job_id == job_id:
             self.job.acknowledge()
 
@@ -766,9 +774,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.trainer = result.trainer
         if result.steps:
             self.set_dirty()
-        if not self.job_is_single_step:
+        if result.run_length is not None:
             # Only the worker knows a new run's length (Trainer.total_steps), so it reports it.
-            self.remaining_steps = max(0, result.planned - result.steps) if result.planned else None
+            self.remaining_steps = max(0, result.run_length - result.steps) if result.run_length else None
         elif self.remaining_steps is not None:
             self.remaining_steps = max(0, self.remaining_steps - result.steps)
         intent, self.stop_intent = self.stop_intent, None
@@ -793,6 +801,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.reset()
         else:
             self._set_state(RunState.PAUSED)
+        self.job_finished.emit(result)
 
     # Files.
 

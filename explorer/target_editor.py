@@ -170,7 +170,8 @@ class TargetCanvas:
         distance = segment_distances(rows, columns, start, end)
         # Full strength within the radius, fading to zero over one more cell: a single-cell
         # brush (radius 0.5) paints exactly the cell under the cursor.
-        profile = np.clip(radius + 0.5 - distance, 0.0, 1.0)
+        # Rounding keeps cells on the path at exactly full strength despite float error.
+        profile = np.clip(np.round(radius + 0.5 - distance, 9), 0.0, 1.0)
         region = stroke["mask"][top:bottom, left:right]
         np.maximum(region, profile, out=region)
 

@@ -44,13 +44,16 @@ class JobResult:
 
     ``reason`` is "completed", "stopped", "diverged" or "failed"; ``message`` explains the
     last two. ``planned`` is the number of steps the job set out to make (0: until
-    stopped). ``trainer`` is the job's trainer (None if it could not be built), which the
+    stopped). ``run_length`` is the length of a full run of a trainer this job built
+    (``Trainer.total_steps``; 0: until stopped), and None for a job that continued a
+    trainer. ``trainer`` is the job's trainer (None if it could not be built), which the
     GUI keeps to resume a paused run.
     """
 
     reason: str
     steps: int = 0
     planned: int = 0
+    run_length: int | None = None
     message: str = ""
     trainer: Trainer | None = None
     seconds: float = 0.0
@@ -174,6 +177,7 @@ class TrainingJob(QtCore.QObject):
             if self.trainer is None:
                 log.debug("job %d: building the trainer (device %s)", self.job_id, self._config.device)
                 self.trainer = Trainer(self._model, self._target, self._config)
+                result.run_length = getattr(self.trainer, "total_steps", self.trainer.config.steps)
             result.trainer = self.trainer
             result.planned = self.steps
             if self.steps is None:

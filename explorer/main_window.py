@@ -279,7 +279,7 @@ class MainWindow(QtWidgets.QMainWindow):
         scroll.setWidget(self.panel)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(self.panel.sizeHint().width() + 20)
+        scroll.setMinimumWidth(280)
         dock = QtWidgets.QDockWidget("Settings")
         dock.setObjectName("settings-dock")
         dock.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable)
@@ -290,8 +290,14 @@ class MainWindow(QtWidgets.QMainWindow):
         status = self.statusBar()
         self.state_label = QtWidgets.QLabel()
         self.metrics_label = QtWidgets.QLabel()
+        # Long metrics text is clipped rather than setting the window's minimum width.
+        self.metrics_label.setSizePolicy(
+            QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred
+        )
+        self.metrics_label.setMinimumWidth(200)
+        self.metrics_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
         self.rate_label = QtWidgets.QLabel()
-        status.addPermanentWidget(self.metrics_label)
+        status.addPermanentWidget(self.metrics_label, 1)
         status.addPermanentWidget(self.rate_label)
         status.addPermanentWidget(self.state_label)
 

@@ -74,8 +74,15 @@ def levels_for(maximum: float, log: bool) -> tuple[float, float]:
 
 
 def colorize(values: np.ndarray, log: bool = False) -> np.ndarray:
-    """Map a 2D array to an RGBA uint8 image ``(H, W, 4)``; row 0 becomes the top row."""
-    low, high = levels_for(float(np.asarray(values).max(initial=0.0)), log)
+    """Map a 2D array to an RGBA uint8 image ``(H, W, 4)``; row 0 becomes the top row.
+
+    Unlike the views, the top colour goes to the exact maximum, not a rounded level.
+    """
+    maximum = float(np.asarray(values).max(initial=0.0))
+    low, high = levels_for(maximum, log)
+    if maximum > 0:
+        high = math.log10(maximum) if log else maximum
+        low = high - LOG_DECADES if log else 0.0
     shown = display_values(values, log, low)
     scaled = (shown - low) / (high - low)
     index = np.clip(np.round(scaled * 255.0), 0, 255).astype(np.intp)

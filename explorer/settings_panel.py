@@ -381,6 +381,8 @@ class SettingsPanel(QtWidgets.QWidget):
             box = QtWidgets.QGroupBox(group)
             form = QtWidgets.QFormLayout(box)
             form.setFieldGrowthPolicy(QtWidgets.QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+            # In a narrow dock, fields move below their labels instead of widening the window.
+            form.setRowWrapPolicy(QtWidgets.QFormLayout.RowWrapPolicy.WrapLongRows)
             self.group_boxes[group] = box
             self.forms[group] = form
             layout.addWidget(box)

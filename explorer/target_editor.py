@@ -286,9 +286,11 @@ class TargetEditor(QtWidgets.QWidget):
         tools.addButton(self.brush_button)
         tools.addButton(self.eraser_button)
 
-        self.size_spin = QtWidgets.QSpinBox(minimum=1, maximum=MAX_BRUSH, value=3, suffix=" cells")
+        self.size_spin = QtWidgets.QSpinBox(minimum=1, maximum=MAX_BRUSH, value=3, prefix="size ")
         self.size_spin.setToolTip("Brush diameter, in grid cells")
-        self.strength_spin = QtWidgets.QSpinBox(minimum=1, maximum=100, value=50, suffix=" %")
+        self.strength_spin = QtWidgets.QSpinBox(
+            minimum=1, maximum=100, value=50, prefix="strength ", suffix=" %"
+        )
         self.strength_spin.setToolTip(
             "How much one stroke adds (or erases), as a share of the largest cell weight; "
             "Fill sets every cell to this level"
@@ -305,19 +307,19 @@ class TargetEditor(QtWidgets.QWidget):
         self.clear_action.triggered.connect(self.clear)
         self.fill_action.triggered.connect(self.fill)
 
-        tool_row = QtWidgets.QHBoxLayout()
-        tool_row.setContentsMargins(0, 0, 0, 0)
-        tool_row.addWidget(self.brush_button)
-        tool_row.addWidget(self.eraser_button)
-        tool_row.addWidget(QtWidgets.QLabel("Size"))
-        tool_row.addWidget(self.size_spin)
-        tool_row.addWidget(QtWidgets.QLabel("Strength"))
-        tool_row.addWidget(self.strength_spin)
+        # Two short rows of tools keep the editor narrow enough for small screens.
+        brush_row = QtWidgets.QHBoxLayout()
+        brush_row.setContentsMargins(0, 0, 0, 0)
+        for widget in (self.brush_button, self.eraser_button, self.size_spin, self.strength_spin):
+            brush_row.addWidget(widget)
+        brush_row.addStretch(1)
+        edit_row = QtWidgets.QHBoxLayout()
+        edit_row.setContentsMargins(0, 0, 0, 0)
         for action in (self.clear_action, self.fill_action, self.undo_action, self.redo_action):
             button = QtWidgets.QToolButton()
             button.setDefaultAction(action)
-            tool_row.addWidget(button)
-        tool_row.addStretch(1)
+            edit_row.addWidget(button)
+        edit_row.addStretch(1)
         self.tool_widgets = [
             self.brush_button, self.eraser_button, self.size_spin, self.strength_spin
         ]
@@ -325,7 +327,8 @@ class TargetEditor(QtWidgets.QWidget):
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        layout.addLayout(tool_row)
+        layout.addLayout(brush_row)
+        layout.addLayout(edit_row)
         layout.addWidget(self.view, 1)
         self._update_actions()
 

@@ -118,7 +118,7 @@ class GridView(QtWidgets.QWidget):
 
         self.title_label = title_label(title)
         self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.setMinimumSize(160, 140)
+        self.graphics.setMinimumSize(110, 100)
         self.graphics.ci.setContentsMargins(2, 2, 2, 2)
         self.plot = self.graphics.addPlot()
         self.plot.setAspectLocked(True)

@@ -22,7 +22,7 @@ EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
-    """An argument is invalid; the message says which and what to use instead."""
+    """An argument is invalid. The message names it and what to use instead."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,6 +1,6 @@
 """Conditioners: networks that map the kept variables of a coupling layer to logits.
 
-A conditioner sees the ``d`` kept variables of a coupling layer as one-hot codes of shape
+A conditioner receives the ``d`` kept variables of a coupling layer as one-hot codes of shape
 ``(N, d, K)`` and returns logits of shape ``(N, out_features)``. The ``K ** d`` possible values
 of the kept part are called *rows*: row ``r`` is the mixed-radix number whose digits, most
 significant first, are the kept values.

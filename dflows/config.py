@@ -95,9 +95,9 @@ class TrainConfig:
     """How a ``Trainer`` optimises a flow.
 
     Two methods are available. ``"search"`` (lookup-table conditioners on a grid only) is an
-    annealed exact search over the classes the tables pick, started from the best of several
-    coarse-grid searches; see ``dflows.search``. ``"gradient"`` is Adam on straight-through
-    gradients, the method of Tran et al. (2019); it works with every conditioner.
+    annealed exact search over the classes the tables pick. It starts from the best of several
+    coarse-grid searches (see ``dflows.search``). ``"gradient"`` is Adam on straight-through
+    gradients, the method of Tran et al. (2019), and works with every conditioner.
 
     Attributes:
         method: ``"search"`` or ``"gradient"``.

@@ -6,7 +6,7 @@ import torch
 
 
 class DeviceError(RuntimeError):
-    """The requested device does not exist on this machine; the message says what does."""
+    """The requested device does not exist on this machine. The message lists the ones that do."""
 
 
 def _mps_available() -> bool:

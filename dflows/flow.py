@@ -29,7 +29,7 @@ class DiscreteFlow(nn.Module):
     Integer inputs and outputs are int64 tensors of shape ``(N, D)`` with values in
     ``[0, K)``. Besides its weights, a model carries the ``target`` it was trained on (a
     ``K x K`` float64 array or None), a training ``history`` dict and the ``train_config``
-    dict; ``dflows.save`` stores all of them.
+    dict. ``dflows.save`` stores all of them.
 
     >>> flow = DiscreteFlow(FlowConfig(vocab_size=5, layers=3))
     >>> x = torch.tensor([[0, 4], [3, 2]])

@@ -30,7 +30,7 @@ class CouplingLayer(nn.Module):
         forward:  y_a = x_a,  y_b = (loc(x_a) + scale(x_a) * x_b) mod K
         inverse:  x_a = y_a,  x_b = (y_b - loc(y_a)) * scale(y_a)^-1 mod K
 
-    ``loc`` and ``scale`` are the argmax classes of logits from a conditioner that sees only
+    ``loc`` and ``scale`` are the argmax classes of logits from a conditioner that reads only
     the kept part, so both directions are one parallel pass. A ``"shift"`` layer fixes
     ``scale = 1``; an ``"affine"`` (location-scale) layer chooses the scale among the units of
     Z_K only, since other residues have no inverse (for K = 91 = 7 * 13 the multiples of 7

@@ -104,8 +104,8 @@ def save(model: DiscreteFlow, path: str | os.PathLike) -> Path:
             file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
-        # mkstemp creates the file readable by its owner only; give it the mode an ordinary
-        # new file would have, or keep the mode of the file it replaces.
+        # mkstemp creates the file readable by its owner only. The saved file gets the mode
+        # of the file it replaces, or else the mode an ordinary new file would have.
         os.chmod(temporary, _file_mode(path))
         os.replace(temporary, path)
     except OSError as error:

@@ -6,9 +6,10 @@ variable. With the base set to the marginals of the latent (its optimum), the ex
 ``H(z_0) + H(z_1)``, the entropies of the two latent marginals.
 
 One *sweep* visits the layers in order. For layer ``l`` it pushes the target through the
-layers before it (the input ``P``), pulls the cost ``-log base(z)`` back through the layers
-after it (the output cost ``C``), and computes, for every kept value ``v`` and every
-candidate map of the moved variable, the exact cost of the cells in that row::
+layers before it, which gives the input ``P``. It pulls the cost ``-log base(z)`` back
+through the layers after it, which gives the output cost ``C``. Then it computes, for every
+kept value ``v`` and every candidate map of the moved variable, the exact cost of the cells
+in that row::
 
     cost[v, m] = sum_x P[v, x] * C[v, (s x + m) mod K]      (a circular cross-correlation)
 
@@ -260,8 +261,8 @@ class GridSearch:
         """Map a coarse layer to K: fine row v uses the coarse row that contains it.
 
         The coarse grid was cut from the target rolled by ``offset`` on both axes, so fine
-        row v lies in coarse row ``((v - offset) mod K) * grid // K``; shifts scale by
-        ``K / grid`` and commute with the roll.
+        row v lies in coarse row ``((v - offset) mod K) * grid // K``. Shifts scale by
+        ``K / grid``, and they commute with the roll.
         """
         fine = _Layer(self.size, template.moved_axis, template.affine)
         rows = (((np.arange(self.size) - offset) % self.size) * grid) // self.size

@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 class TargetError(ValueError):
-    """A target is invalid or could not be read; the message says what and how to fix it."""
+    """A target is invalid or could not be read. The message names the problem and the fix."""
 
 
 def _describe_cell(array: np.ndarray, mask: np.ndarray) -> str:

@@ -148,8 +148,8 @@ class ReferenceShiftFlow(nn.Module):
     def log_density(self, chunk: int = 8192) -> np.ndarray:
         """Return ``log q`` on every cell of the K x K grid, as a float64 array ``[row, column]``.
 
-        The ``K * K`` cells go through the one-hot path ``chunk`` cells at a time, so the
-        largest intermediate is a ``(chunk, 2, K)`` float32 tensor (with its FFT).
+        The ``K * K`` cells go through the one-hot path ``chunk`` cells at a time, which bounds
+        the size of every intermediate tensor.
         """
         size = self.vocab_size
         device = self.base_logits.device

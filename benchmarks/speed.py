@@ -15,14 +15,15 @@ It measures, in one run and on one device:
 
 Times are medians over repeats of blocks of calls, after a warm-up call, and the workloads of
 one configuration are timed in turns so that a change in machine load affects all of them.
-Peak memory is the growth of the peak resident set size of a fresh subprocess over its
-resident set size after setup (CPU), or ``torch.cuda.max_memory_allocated`` over the memory
-allocated after setup (CUDA).
+Peak memory is the transient memory of the calls that follow a warm-up call. On CPU it is the
+peak resident set size of a fresh subprocess minus its resident set size before those calls.
+On CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory allocated before them.
 
 Run from the repository root::
 
     python benchmarks/speed.py                  # full run: several minutes on one CPU thread
     python benchmarks/speed.py --quick          # smoke test with reduced sizes: seconds
+    python benchmarks/speed.py --profile        # torch.profiler tables of the main workloads
     python benchmarks/speed.py --device cuda --json speed.json --markdown speed.md
 
 The exit status is 1 when the equivalence check fails, else 0. Goals that fail do not change
@@ -64,13 +65,15 @@ LEARNING_RATE = 0.01
 BATCH_SIZE = 1024
 SEED = 0
 
+# Figure 2 of Tran et al. (2019), "Discrete Flows", arXiv:1905.10347, fits a 2-D
+# distribution on a 91 x 91 grid.
 FIGURE2_VOCAB_SIZE = 91
 SAMPLE_COUNT = 1024
 
 # Goals that the results are compared against.
 TRAINING_SPEEDUP_GOAL = 10.0
 # Step time "grows at most linearly in K" when the least-squares slope of log(time) against
-# log(K) is at most this; the 0.1 above 1 leaves room for timer noise.
+# log(K) is at most this. The 0.1 above 1 leaves room for timer noise.
 LINEAR_EXPONENT_LIMIT = 1.1
 SAMPLING_SECONDS_GOAL = 1.0
 SAMPLING_BYTES_GOAL = 100 * 2**20
@@ -151,9 +154,9 @@ def create_model(vocab_size: int, layers: int, device: torch.device) -> dflows.D
 
 
 def build_training_step(spec: dict, device: torch.device) -> Callable[[], None]:
-    """Return one Adam step on a fixed batch, as the Trainer makes it for the sampled objective.
+    """Build a model and a fixed batch, and return a call that makes one Adam step on it.
 
-    The step leaves out the Trainer's bookkeeping: drawing the batch, the finiteness check of
+    The step is the one the Trainer makes for the sampled objective, but it leaves out the Trainer's bookkeeping: drawing the batch, the finiteness check of
     the gradients and the history.
     """
     vocab_size = spec["vocab_size"]
@@ -221,11 +224,6 @@ class Timing:
     repeats: int
     calls_per_repeat: int
 
-    @property
-    def spread(self) -> float:
-        """``(max - min) / median``, a rough measure of the noise of this measurement."""
-        return (self.max - self.min) / self.median
-
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -248,7 +246,8 @@ def time_interleaved(
     """Time each workload in blocks of calls, taking the workloads in turns in every round.
 
     Every workload is called once as a warm-up and once more to size its blocks, and neither
-    call is counted. The starting workload rotates between rounds so that none always runs first.
+    call is counted. The starting workload rotates between rounds, so that none always runs
+    first.
     """
     calls: dict[str, int] = {}
     repeat_counts: dict[str, int] = {}
@@ -285,7 +284,7 @@ def time_interleaved(
 
 @dataclass
 class Memory:
-    """Peak memory of a workload above its memory after setup, and how it was measured."""
+    """Peak memory of a workload's calls above its memory after a warm-up call, and the method."""
 
     peak_bytes: int
     method: str
@@ -349,6 +348,8 @@ def run_memory_probe(spec: dict, calls: int) -> Memory:
 
 def measure_cuda_memory(spec: dict, device: torch.device, calls: int) -> Memory:
     """Measure the peak CUDA memory of ``calls`` calls beyond the memory after one warm-up call."""
+    # NOTE: this function and the CUDA synchronization in clock_calls have not been run on a
+    # GPU yet; only the CPU path has produced results.
     run = build_workload(spec, device)
     run()
     gc.collect()
@@ -518,8 +519,10 @@ class Context:
 def measure_specs(
     context: Context, specs: dict[str, dict], with_memory: Callable[[str], bool]
 ) -> dict:
-    """Time the workloads of ``specs`` in turns, then measure the peak memory of those that
-    ``with_memory`` accepts by name."""
+    """Time the workloads of ``specs`` in turns, then measure their peak memory.
+
+    Memory is measured only for the workloads whose names ``with_memory`` accepts.
+    """
     workloads = {name: build_workload(spec, context.device) for name, spec in specs.items()}
     timings = time_interleaved(workloads, context.device, context.plan, context.repeats)
     del workloads
@@ -542,6 +545,7 @@ def measure_training(context: Context) -> list[dict]:
                        "batch_size": BATCH_SIZE, **variant}
                 for name, variant in TRAINING_VARIANTS.items()
             }
+
             def with_memory(name: str) -> bool:
                 figure2 = vocab_size == FIGURE2_VOCAB_SIZE and layers == 1 and name == "dflows"
                 return context.plan.memory_everywhere or figure2
@@ -890,7 +894,7 @@ def format_settings(results: dict) -> list[str]:
 
 
 def format_tables(results: dict) -> list[str]:
-    lines = [f"### Training at K = {FIGURE2_VOCAB_SIZE} (Figure-2 workload)", ""]
+    lines = [f"### Training at K = {FIGURE2_VOCAB_SIZE} (the Figure 2 workload of Tran et al., 2019)", ""]
     lines += format_figure2(results["training"])
     lines += ["", "### Training step time against K", ""]
     lines += format_training(results["training"])
@@ -919,21 +923,33 @@ def format_report(results: dict) -> str:
 PROFILE_STEPS = 20
 
 
-def profile_training(device: torch.device, rows: int) -> str:
-    """Profile the K = 91, 4-layer training step of dflows and of the baseline with torch.profiler.
+def profile_workloads(device: torch.device, rows: int) -> str:
+    """Profile the main workloads with torch.profiler and return their top operators.
 
-    Returns, for each, the ``rows`` operators with the largest self time. Profiling slows
-    every operator, so the times add up to more than the benchmark's step times.
+    The workloads are the K = 91, 4-layer training step of each training variant and dflows
+    sampling of 1024 points at K = 511 with 8 layers. For each, the ``rows`` operators with
+    the largest self time are listed. Profiling slows every operator, so the times add up to
+    more than the benchmark's medians.
     """
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
 
+    specs = {
+        f"training {name}, K={FIGURE2_VOCAB_SIZE}, 4 layers": {
+            "kind": "train", "vocab_size": FIGURE2_VOCAB_SIZE, "layers": 4,
+            "batch_size": BATCH_SIZE, **variant,
+        }
+        for name, variant in TRAINING_VARIANTS.items()
+    }
+    specs[f"sampling {SAMPLE_COUNT} points, dflows, K=511, 8 layers"] = {
+        "kind": "sample", "implementation": "dflows", "vocab_size": 511, "layers": 8,
+        "count": SAMPLE_COUNT,
+    }
+
     sections = []
-    for name, variant in TRAINING_VARIANTS.items():
-        spec = {"kind": "train", "vocab_size": FIGURE2_VOCAB_SIZE, "layers": 4,
-                "batch_size": BATCH_SIZE, **variant}
+    for title, spec in specs.items():
         step = build_workload(spec, device)
         for _ in range(3):
             step()
@@ -943,9 +959,7 @@ def profile_training(device: torch.device, rows: int) -> str:
                 step()
             synchronize(device)
         table = profiler.key_averages().table(sort_by=sort_key, row_limit=rows)
-        sections.append(
-            f"{name}, K={FIGURE2_VOCAB_SIZE}, 4 layers, {PROFILE_STEPS} steps:\n{table}"
-        )
+        sections.append(f"{title}, {PROFILE_STEPS} calls:\n{table}")
     return "\n".join(sections)
 
 
@@ -976,7 +990,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true",
         help="print the operators that take the most time in the K=91, 4-layer training step "
-        "of each implementation, then exit",
+        "of each implementation and in dflows sampling at K=511, then exit",
     )
     parser.add_argument("--memory-probe", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--memory-calls", type=positive_int, default=3, help=argparse.SUPPRESS)
@@ -1034,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if arguments.profile:
-        print(profile_training(device, rows=15))
+        print(profile_workloads(device, rows=15))
         return 0
 
     results = run_benchmark(arguments, device)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setOrganizationName("dflows")
     app.setApplicationName("dflows-explorer")
 
-    from .assets import app_icon
+    from .icons import app_icon
     from .main_window import MainWindow
 
     app.setWindowIcon(app_icon())

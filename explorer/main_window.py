@@ -32,7 +32,7 @@ from dflows.targets import PRESETS, TargetError, load_image, load_npy, save_targ
 from dflows.trainer import Snapshot, create_flow
 
 from . import files
-from .assets import app_icon, preset_icon
+from .icons import app_icon, preset_icon
 from .settings_panel import SettingsPanel
 from .snapshots import snapshot_of
 from .target_editor import TargetEditor

@@ -21,7 +21,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dflows  # noqa: E402
-from explorer.assets import (  # noqa: E402
+from explorer.icons import (  # noqa: E402
     ICON_FILE,
     SOURCE_ASSETS,
     icon_pixels,

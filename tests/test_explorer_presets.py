@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 import dflows
-from explorer import assets
+from explorer import icons
 from explorer.main_window import RunState
 
-REPO_ASSETS = assets.SOURCE_ASSETS
+REPO_ASSETS = icons.SOURCE_ASSETS
 
 
 @pytest.mark.parametrize("name", list(dflows.PRESETS))
@@ -52,33 +52,33 @@ def test_repository_assets_match_the_drawing_code():
     # A small tolerance lets a preset change by rounding without failing here; anything
     # visible means the files are stale.
     stale = "is stale: run python scripts/make_assets.py"
-    icon = REPO_ASSETS / assets.ICON_FILE
-    assert mean_difference(icon, assets.icon_pixels()) < 1.0, f"{icon} {stale}"
+    icon = REPO_ASSETS / icons.ICON_FILE
+    assert mean_difference(icon, icons.icon_pixels()) < 1.0, f"{icon} {stale}"
     for name in dflows.PRESETS:
-        path = REPO_ASSETS / assets.thumbnail_file(name)
+        path = REPO_ASSETS / icons.thumbnail_file(name)
         assert path.is_file(), f"{path} is missing: run python scripts/make_assets.py"
-        assert mean_difference(path, assets.thumbnail_pixels(name)) < 1.0, f"{path} {stale}"
+        assert mean_difference(path, icons.thumbnail_pixels(name)) < 1.0, f"{path} {stale}"
 
 
 def test_icons_are_drawn_when_no_asset_exists(qapp, tmp_path, monkeypatch):
-    monkeypatch.setattr(assets, "ASSET_FOLDERS", (tmp_path / "none",))
-    assert assets.find_asset(assets.ICON_FILE) is None
-    icon = assets.app_icon()
+    monkeypatch.setattr(icons, "ASSET_FOLDERS", (tmp_path / "none",))
+    assert icons.find_asset(icons.ICON_FILE) is None
+    icon = icons.app_icon()
     assert not icon.isNull()
-    image = icon.pixmap(assets.ICON_PIXELS, assets.ICON_PIXELS).toImage()
-    assert image.width() == assets.ICON_PIXELS
-    assert not assets.preset_icon("spiral").isNull()
+    image = icon.pixmap(icons.ICON_PIXELS, icons.ICON_PIXELS).toImage()
+    assert image.width() == icons.ICON_PIXELS
+    assert not icons.preset_icon("spiral").isNull()
 
 
 def test_installed_copy_is_preferred(tmp_path, monkeypatch):
     installed, source = tmp_path / "installed", tmp_path / "source"
     for folder in (installed, source):
         folder.mkdir()
-        (folder / assets.ICON_FILE).write_bytes(b"")
-    monkeypatch.setattr(assets, "ASSET_FOLDERS", (installed, source))
-    assert assets.find_asset(assets.ICON_FILE) == installed / assets.ICON_FILE
-    (installed / assets.ICON_FILE).unlink()
-    assert assets.find_asset(assets.ICON_FILE) == source / assets.ICON_FILE
+        (folder / icons.ICON_FILE).write_bytes(b"")
+    monkeypatch.setattr(icons, "ASSET_FOLDERS", (installed, source))
+    assert icons.find_asset(icons.ICON_FILE) == installed / icons.ICON_FILE
+    (installed / icons.ICON_FILE).unlink()
+    assert icons.find_asset(icons.ICON_FILE) == source / icons.ICON_FILE
 
 
 def test_make_assets_script_writes_every_file(tmp_path):
@@ -89,5 +89,5 @@ def test_make_assets_script_writes_every_file(tmp_path):
     spec.loader.exec_module(module)
     assert module.main(["--out", str(tmp_path)]) == 0
     written = sorted(path.name for path in tmp_path.iterdir())
-    expected = sorted([assets.ICON_FILE, *(assets.thumbnail_file(name) for name in dflows.PRESETS)])
+    expected = sorted([icons.ICON_FILE, *(icons.thumbnail_file(name) for name in dflows.PRESETS)])
     assert written == expected

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if window.job_running():
         # A step at a large K can outlast the close. The window is gone and its settings
-        # are saved; a running QThread cannot be destroyed safely, so leave without cleanup.
+        # are saved. A running QThread cannot be destroyed safely, so leave without cleanup.
         log.warning("training step still running at exit; exiting without waiting for it")
         logging.shutdown()
         os._exit(status)

@@ -1,8 +1,8 @@
 """The main window: target editor, settings, views, training controls and files.
 
-Run states: IDLE (no run; every setting editable), RUNNING (a job trains in its thread),
-PAUSED (the run's trainer is kept for Resume; settings stay locked) and STOPPING (a stop
-was requested and the job has not finished its step yet).
+Run states: IDLE means no run, and every setting can be edited. RUNNING means a job trains
+in its thread. PAUSED keeps the run's trainer for Resume, and the settings stay locked.
+STOPPING means a stop was requested and the job has not finished its step yet.
 
 While a job runs, the job owns the model; this window reads only the snapshots it sends.
 Between jobs the window may use the model in the GUI thread, for previews and files.
@@ -125,12 +125,15 @@ class MainWindow(QtWidgets.QMainWindow):
             "Data: samples of p", "frequency", samples, describe=self._describe_histogram
         )
         self.data_view.setToolTip("Histogram of samples drawn from the target p(x)")
+
         self.density_view = GridView("Model q(x)", "q", self.scales["probability"])
         self.density_view.setToolTip("The model's exact probability of every cell")
+
         self.generated_view = GridView(
             "Generated samples", "frequency", samples, describe=self._describe_histogram
         )
         self.generated_view.setToolTip("Histogram of inverse(z) for z drawn from the fitted base")
+
         self.latent_view = GridView("Latent f(x), x ~ p", "p", self.scales["latent"])
         self.latent_view.setToolTip(
             "The target pushed through every layer (exact): the flow should make it look "
@@ -138,6 +141,7 @@ class MainWindow(QtWidgets.QMainWindow):
         )
         self.base_view = GridView("Fitted base", "p_base", self.scales["latent"])
         self.base_view.setToolTip("The base distribution: a product of two learned marginals")
+
         self.layer_view = LayerView(self.scales["probability"])
         self.loss_view = LossView()
         self.views: dict[str, QtWidgets.QWidget] = {
@@ -710,7 +714,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._request_stop("stop")
 
     def reset(self) -> None:
-        """Discard the trained weights and the history (asks first if they are unsaved)."""
+        """Discard the trained weights and the history, after a confirmation if they are unsaved."""
         if self.state is RunState.RUNNING:
             self._request_stop("reset")
             return
@@ -781,7 +785,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if result.steps:
             self.set_dirty()
         if result.run_length is not None:
-            # Only the worker knows a new run's length (Trainer.total_steps), so it reports it.
+            # Only the worker can compute a new run's length (Trainer.total_steps), so it reports it.
             self.remaining_steps = max(0, result.run_length - result.steps) if result.run_length else None
         elif self.remaining_steps is not None:
             self.remaining_steps = max(0, self.remaining_steps - result.steps)

@@ -46,8 +46,8 @@ def display_values(values: np.ndarray, log: bool, low: float | None = None) -> n
 
 
 # Linear levels end at one of these multiples of a power of 10, at most 25 % above the
-# maximum. While training, the maximum changes a little at every update; rounded levels
-# keep the colours (and the colour bar's ticks, which are slow to redraw) steady.
+# maximum. While training, the maximum changes a little at every update. Rounded levels
+# keep the colours steady, and the colour bar's ticks, which are slow to redraw, too.
 NICE_STEPS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 # Log levels end at a multiple of this fraction of a decade.
 LOG_STEP = 0.25

@@ -25,12 +25,12 @@ from dflows.targets import MAX_GRID, MIN_GRID
 
 log = logging.getLogger("explorer")
 
-INT_LIMIT = 2**31 - 1  # QSpinBox holds a C int
+INT_LIMIT = 2**31 - 1  # the largest value a QSpinBox (a C int) stores
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """How one config field is shown: label, group, editor kind and limits."""
+    """Display settings of one config field: label, group, editor kind and limits."""
 
     label: str
     group: str
@@ -300,12 +300,14 @@ class FieldEditor:
         kind, widget = self.spec.kind, self.widget
         if kind == "int":
             return widget.value()
+
         if kind == "bool":
             return widget.isChecked()
         if kind in ("choice", "device"):
             return widget.currentData()
         if kind == "steps":
             return 0 if self.until_stopped.isChecked() else self.steps_box.value()
+
         text = widget.text().strip()
         if kind == "text":
             return text
@@ -318,6 +320,7 @@ class FieldEditor:
                 return text
         if kind == "optional_float" and not text:
             return None
+
         try:
             number = float(text)
         except ValueError:

@@ -1,6 +1,6 @@
 """The target editor: paint a distribution on the K x K grid.
 
-``TargetCanvas`` holds the editable weights and the undo history and needs no Qt.
+``TargetCanvas`` contains the editable weights and the undo history and needs no Qt.
 ``TargetEditor`` is the widget: a ``GridView`` whose image takes brush strokes, and a
 row of tools.
 """
@@ -25,9 +25,9 @@ MAX_BRUSH = 64
 
 @dataclass(frozen=True)
 class TargetSource:
-    """Where the weights came from, so a change of K can redraw them without blurring.
+    """The origin of the weights, so that a change of K can redraw them without blurring.
 
-    A preset is regenerated at the new K; anything else is resampled from ``array``, the
+    A preset is regenerated at the new K. Anything else is resampled from ``array``, the
     weights as they were after the last edit, at that edit's K.
     """
 
@@ -122,7 +122,7 @@ class TargetCanvas:
     def resize(self, size: int) -> None:
         """Redraw the target on a ``size x size`` grid from its source, keeping its shape.
 
-        A change of K is a setting, not an edit, so it is not recorded for undo; undoing an
+        A change of K is a setting, not an edit, so it is not recorded for undo. Undoing an
         earlier edit redraws that state at the current K.
         """
         if size != self.size:

@@ -271,10 +271,10 @@ class LayerView(GridView):
 
 
 class LossView(QtWidgets.QWidget):
-    """The training loss and the exact NLL against the step, with the two reference lines.
+    """The training loss and the exact NLL against the step, with two reference lines.
 
-    The entropy ``H(p)`` is the lowest NLL any model can reach; the best factorized NLL is
-    what a product of the two marginals reaches, which a flow should beat.
+    The entropy ``H(p)`` is the lowest NLL any model can reach. The best factorized NLL is
+    the NLL of the product of the two marginals, which a flow should beat.
     """
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:

@@ -40,7 +40,7 @@ def running_threads() -> list[QtCore.QThread]:
 
 @dataclass
 class JobResult:
-    """How a job ended.
+    """The outcome of a job.
 
     ``reason`` is "completed", "stopped", "diverged" or "failed"; ``message`` explains the
     last two. ``planned`` is the number of steps the job set out to make (0: until
@@ -65,8 +65,9 @@ def describe_failure(error: BaseException) -> str:
         return f"{error}. Choose another device in the settings and train again."
     out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
     if isinstance(error, out_of_memory):
+        details = str(error).splitlines()[0] if str(error) else "no details"
         return (
-            f"Training ran out of memory ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no details'}). "
+            f"Training ran out of memory ({type(error).__name__}: {details}). "
             "Lower the grid size K, the number of layers, the MLP width or the batch size, "
             "or choose another device."
         )
@@ -77,15 +78,15 @@ class TrainingJob(QtCore.QObject):
     """Trains for a number of steps in a worker thread and sends snapshots to the GUI.
 
     Give it either a ``trainer`` to continue, or a ``model``, ``target`` and ``config`` to
-    build a new one in the worker thread (building moves the model to its device and, for
-    the search method, prepares the search, which can take seconds). ``steps`` is the
+    build a new one in the worker thread. Building moves the model to its device and, for
+    the search method, prepares the search, which can take seconds. ``steps`` is the
     number of steps to make: None means the trainer's full run (``Trainer.total_steps``),
     0 trains until ``request_stop``.
 
-    Signals carry plain data: ``snapshot_ready(job_id, Snapshot)`` with arrays copied
-    from the model, at most ``MAX_SNAPSHOTS_PER_SECOND`` per second and only after the GUI
-    has called ``acknowledge`` for the previous one; ``finished(job_id, JobResult)`` once,
-    after the last snapshot.
+    Signals carry plain data. ``snapshot_ready(job_id, Snapshot)`` carries arrays copied
+    from the model, at most ``MAX_SNAPSHOTS_PER_SECOND`` per second, and only after the GUI
+    has called ``acknowledge`` for the previous one. ``finished(job_id, JobResult)`` comes
+    once, after the last snapshot.
     """
 
     snapshot_ready = QtCore.Signal(int, object)
@@ -161,8 +162,8 @@ class TrainingJob(QtCore.QObject):
     def _after_step(self, step: int, loss: float) -> None:
         """Called by ``Trainer.run`` in the worker thread after every step."""
         if self._stop.is_set():
-            # The trainer checks its own flag before the next step; setting it from here,
-            # inside run(), means run() also clears it, so no stop request outlives the job.
+            # The trainer checks its own flag before the next step. Because this sets it
+            # inside run(), run() also clears it, so no stop request outlives the job.
             self.trainer.request_stop()
             return
         self._apply_live()

@@ -29,8 +29,8 @@ def no_threads_left(request):
 
     running = running_threads()
     assert not running, f"job threads still running: {[t.objectName() for t in running]}"
-    # A _DummyThread stands for a thread that the threading module did not start (here a
-    # QThread that logged something); the module never removes them, so they are checked
+    # A _DummyThread represents a thread that the threading module did not start, here a
+    # QThread that logged something. The module never removes them, so they are checked
     # as QThreads above instead.
     extra = [
         thread.name
@@ -55,7 +55,7 @@ def settings_path(tmp_path, monkeypatch):
 
 
 class DialogRecorder:
-    """Stands in for the window's dialogs: records each call and returns preset answers."""
+    """Replacement for the window's dialogs that records each call and returns preset replies."""
 
     def __init__(self) -> None:
         self.errors: list[tuple[str, str]] = []

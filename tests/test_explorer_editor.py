@@ -181,7 +181,7 @@ def test_views_draw_row_zero_on_top(qtbot):
     view.set_values(values)
     QtCore.QCoreApplication.processEvents()
 
-    # The image item holds the array row-major, unchanged.
+    # The image item contains the array row-major, unchanged.
     np.testing.assert_array_equal(view.image.image, values)
     # The brightest pixels on screen lie in the cell that cell_at names (2, 12).
     pixels = view.graphics.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)

@@ -1,6 +1,6 @@
 """Regression test: PySide6-Essentials 6.12.0 crashes CPython 3.11 on repeated signal emits.
 
-With that release every signal emitted from Python drops one reference to ``True``; after
+With that release every signal emitted from Python drops one reference to ``True``. After
 a few hundred emits the interpreter aborts with ``Fatal Python error: bool_dealloc``. The
 app emits signals and pyqtgraph redraws images continuously, so it would crash within
 seconds. pyproject.toml excludes that release on Python < 3.12.

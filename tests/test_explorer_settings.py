@@ -133,7 +133,7 @@ def test_device_list_shows_only_present_devices(panel):
     assert names == [name for name, _ in available_devices()]
 
 
-def test_absent_device_from_a_file_falls_back_with_a_note(panel):
+def test_absent_device_falls_back(panel):
     flow, train = recommended_configs("ring8", 91)
     notes = panel.set_configs(flow, dataclasses.replace(train, device="cuda:7"))
     if any(name == "cuda:7" for name, _ in available_devices()):

@@ -190,7 +190,7 @@ def test_diverged_training_shows_an_error(qtbot, window, monkeypatch):
     assert window.state is RunState.IDLE
 
 
-def test_missing_device_shows_an_error_and_app_stays_usable(qtbot, window, monkeypatch):
+def test_missing_device_shows_error(qtbot, window, monkeypatch):
     def missing(name):
         raise DeviceError("device 'cuda:0' was requested, but torch finds no CUDA GPU on this machine")
 

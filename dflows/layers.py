@@ -81,6 +81,8 @@ class CouplingLayer(nn.Module):
         self.num_variables = num_variables
         self.layer_type = layer_type
         self.heads = 2 if layer_type == "affine" else 1
+        self.moved_variables = tuple(moved)
+        self.kept_variables = tuple(kept)
         self.register_buffer("moved_index", torch.tensor(moved, dtype=torch.long), persistent=False)
         self.register_buffer("kept_index", torch.tensor(kept, dtype=torch.long), persistent=False)
         self.register_buffer("units", unit_mask(vocab_size), persistent=False)

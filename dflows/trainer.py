@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import aggregated
 from .config import FlowConfig, TrainConfig
 from .devices import resolve_device
 from .flow import DiscreteFlow
@@ -146,7 +147,8 @@ class Trainer:
             [
                 {"params": list(self.model.layers.parameters()), "lr": self.config.lr},
                 {"params": list(self.model.base.parameters()), "lr": base_lr},
-            ]
+            ],
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.search: GridSearch | None = None
         self._fine_steps = 0
@@ -252,9 +254,18 @@ class Trainer:
         return F.one_hot(cells, self.model.vocab_size).to(torch.float32)
 
     def _objective(self) -> float:
-        """Compute the loss and accumulate its gradients; return the loss in nats."""
+        """Compute the loss and accumulate its gradients; return the loss in nats.
+
+        Shift flows with lookup tables trained without input gradients take the aggregated
+        path of ``dflows.aggregated``, which gives the same gradients without one-hot codes.
+        """
         temperature = self._temperature
         input_gradient = self.config.input_gradient
+        fast = aggregated.supports(self.model, input_gradient)
+        if self.config.objective == "exact" and fast:
+            return aggregated.weighted_nll_backward(
+                self.model, self._support_cells, self._support_weights, temperature
+            )
         if self.config.objective == "exact":
             total = 0.0
             for start in range(0, len(self._support_cells), EXACT_CHUNK):
@@ -272,6 +283,9 @@ class Trainer:
         )
         size = self.model.vocab_size
         cells = torch.stack([flat // size, flat % size], dim=1).to(self.device)
+        if fast:
+            weights = torch.full((len(cells),), 1.0 / len(cells), device=self.device)
+            return aggregated.weighted_nll_backward(self.model, cells, weights, temperature)
         loss = -self.model.log_prob_codes(self._codes(cells), temperature, input_gradient).mean()
         loss.backward()
         return float(loss.detach())

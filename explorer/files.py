@@ -12,7 +12,9 @@ import numpy as np
 from dflows.config import ConfigError, TrainConfig
 
 MODEL_FILTER = "dflows model (*.dflow)"
-TARGET_OPEN_FILTER = "Images and arrays (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp *.npy);;All files (*)"
+TARGET_OPEN_FILTER = (
+    "Images and arrays (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp *.npy);;All files (*)"
+)
 TARGET_SAVE_FILTER = "NumPy array (*.npy);;PNG image (*.png)"
 SAMPLES_FILTER = "NumPy array (*.npy);;CSV table (*.csv)"
 PNG_FILTER = "PNG image (*.png)"
@@ -40,7 +42,8 @@ def train_config_from_dict(
     """
     notes: list[str] = []
     if not stored:
-        return dataclasses.replace(defaults), ["the file has no training settings; using the recommended ones"]
+        note = "the file has no training settings; using the recommended ones"
+        return dataclasses.replace(defaults), [note]
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     values = defaults.to_dict()
     unknown = sorted(set(stored) - known)

@@ -46,9 +46,12 @@ DEFAULT_GRID = 91
 MAX_RECENT_FILES = 8
 DEFAULT_SAMPLE_COUNT = 10000
 # How long closing the window waits for a running step to end. A step at large K can take
-# seconds; app.main() exits anyway once the window is closed.
+# seconds, and app.main() exits anyway once the window is closed.
 CLOSE_WAIT_MS = 1500
 PREVIEW_DELAY_MS = 120
+# Torch intra-op threads for work in the GUI thread (previews, sample export). Timing
+# snapshot_of at K = 91 on a 2-core CPU machine gave 10 ms with one thread, 444 ms with two.
+GUI_TORCH_THREADS = 1
 
 
 class RunState(enum.Enum):
@@ -167,27 +170,41 @@ class MainWindow(QtWidgets.QMainWindow):
         return action
 
     def _build_actions(self) -> None:
-        self.new_action = self._action("&New", self.new_document, "Ctrl+N", "Start again on ring8 with the recommended settings")
+        self.new_action = self._action(
+            "&New", self.new_document, "Ctrl+N", "Start again on ring8 with the recommended settings"
+        )
         self.open_action = self._action("&Open…", self.open_model, "Ctrl+O", "Open a .dflow model file")
-        self.save_action = self._action("&Save", self.save, "Ctrl+S", "Save the model, target, settings and history")
+        self.save_action = self._action(
+            "&Save", self.save, "Ctrl+S", "Save the model, target, settings and history"
+        )
         self.save_as_action = self._action("Save &As…", self.save_as, "Ctrl+Shift+S")
         self.load_target_action = self._action(
-            "Load Target…", self.load_target_file, tip="Load a PNG or JPEG image (bright is probable) or a .npy array"
+            "Load Target…",
+            self.load_target_file,
+            tip="Load a PNG or JPEG image (bright is probable) or a .npy array",
         )
         self.load_inverted_action = self._action(
             "Load Target Image, Dark Is Probable…", lambda: self.load_target_file(invert=True)
         )
-        self.save_target_action = self._action("Save Target…", self.save_target_file, tip="Save the target as .npy or PNG")
+        self.save_target_action = self._action(
+            "Save Target…", self.save_target_file, tip="Save the target as .npy or PNG"
+        )
         self.export_samples_action = self._action(
-            "Export Samples…", self.export_samples, tip="Draw samples from the model and save them as .npy or .csv"
+            "Export Samples…",
+            self.export_samples,
+            tip="Draw samples from the model and save them as .npy or .csv",
         )
         self.export_window_action = self._action("Export Window as PNG…", self.export_window)
         self.quit_action = self._action("&Quit", self.close, "Ctrl+Q")
 
         self.train_action = self._action("Train", self.train, tip="Start training (Space)")
-        self.pause_action = self._action("Pause", self.pause_or_resume, tip="Pause or resume training (Space)")
+        self.pause_action = self._action(
+            "Pause", self.pause_or_resume, tip="Pause or resume training (Space)"
+        )
         self.stop_action = self._action("Stop", self.stop, tip="End the run; the trained weights are kept")
-        self.reset_action = self._action("Reset", self.reset, tip="Discard the trained weights and the history")
+        self.reset_action = self._action(
+            "Reset", self.reset, tip="Discard the trained weights and the history"
+        )
         self.step_action = self._action("Single Step", self.single_step, tip="Make one optimizer step")
         self.toggle_action = self._action("Train or Pause", self.toggle_training, "Space")
         self.toggle_action.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
@@ -197,7 +214,15 @@ class MainWindow(QtWidgets.QMainWindow):
         self.log_action.setShortcut(QtGui.QKeySequence("Ctrl+L"))
         self.log_action.setToolTip("Show every grid view on a log scale (6 decades)")
         self.log_action.toggled.connect(self.set_log_scale)
-        self.fit_action = self._action("Fit Views", self.fit_views, "Ctrl+0", "Zoom every view to the whole grid")
+        self.fit_action = self._action(
+            "Fit Views", self.fit_views, "Ctrl+0", "Zoom every view to the whole grid"
+        )
+        self.recommended_action = self._action(
+            "Use Recommended Settings",
+            self.use_recommended_settings,
+            tip="Replace the model and training settings with the ones dflows recommends for "
+            "this preset (or for any target, once it is painted over) at the current K",
+        )
 
         self.preset_actions: dict[str, QtGui.QAction] = {}
         for name, spec in PRESETS.items():
@@ -236,6 +261,8 @@ class MainWindow(QtWidgets.QMainWindow):
         train_menu.addActions(
             [self.train_action, self.pause_action, self.stop_action, self.reset_action, self.step_action]
         )
+        train_menu.addSeparator()
+        train_menu.addAction(self.recommended_action)
         view_menu = bar.addMenu("&View")
         view_menu.addActions([self.log_action, self.fit_action])
 
@@ -299,7 +326,8 @@ class MainWindow(QtWidgets.QMainWindow):
             QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred
         )
         self.metrics_label.setMinimumWidth(200)
-        self.metrics_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
+        alignment = QtCore.Qt.AlignmentFlag
+        self.metrics_label.setAlignment(alignment.AlignRight | alignment.AlignVCenter)
         self.rate_label = QtWidgets.QLabel()
         status.addPermanentWidget(self.metrics_label, 1)
         status.addPermanentWidget(self.rate_label)
@@ -354,7 +382,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if state is not None:
             self.restoreState(state)
         self.log_action.setChecked(settings.value("view/log_scale", False, type=bool))
-        self.editor.size_spin.setValue(settings.value("editor/brush_size", self.editor.size_spin.value(), type=int))
+        self.editor.size_spin.setValue(
+            settings.value("editor/brush_size", self.editor.size_spin.value(), type=int)
+        )
         self.editor.strength_spin.setValue(
             settings.value("editor/brush_strength", self.editor.strength_spin.value(), type=int)
         )
@@ -435,7 +465,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._halt_and_wait("stop")
         flow, train = recommended_configs(DEFAULT_PRESET, DEFAULT_GRID)
         self.panel.set_configs(flow, train)
-        self.editor.set_target(dflows.preset(DEFAULT_PRESET, flow.vocab_size), preset=DEFAULT_PRESET, record=False)
+        self.editor.set_target(
+            dflows.preset(DEFAULT_PRESET, flow.vocab_size), preset=DEFAULT_PRESET, record=False
+        )
         self._discard_model()
         self.path = None
         self.set_dirty(False)
@@ -474,6 +506,23 @@ class MainWindow(QtWidgets.QMainWindow):
         self._discard_model()
         self.set_dirty()
         return True
+
+    def use_recommended_settings(self) -> None:
+        """Show dflows' recommended settings for the current preset (if any) and K."""
+        if self.state is not RunState.IDLE:
+            return
+        preset = self.editor.canvas.source.preset
+        flow, train = recommended_configs(preset, self.editor.size)
+        if self.model is not None and flow != self.model.config:
+            if not self._confirm_discard_trained("Using the recommended settings"):
+                return
+            self._discard_model()
+        notes = self.panel.set_configs(flow, train)
+        self.set_dirty()
+        self.schedule_preview()
+        target = f"preset {preset}" if preset else "a painted target"
+        message = f"Recommended settings for {target} at K = {flow.vocab_size}"
+        self.statusBar().showMessage("; ".join([message, *notes]), 8000)
 
     def _grid_size_changed(self, size: int) -> None:
         if not self._confirm_discard_trained(f"Changing the grid size to K = {size}"):
@@ -535,6 +584,9 @@ class MainWindow(QtWidgets.QMainWindow):
         flow, train = configs
         if self.editor.size != flow.vocab_size:
             return
+        # No job runs while idle, so this cannot change the threads of a training run,
+        # and Trainer.run sets its own count when the next run starts.
+        torch.set_num_threads(GUI_TORCH_THREADS)
         model = self._ensure_model(flow, train)
         target = self.editor.probabilities()
         self.display_job_id = None
@@ -614,7 +666,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.step_action.setEnabled(idle or paused)
         self.panel.set_locked(not idle)
         self.editor.set_editable(idle)
-        for action in (*self.preset_actions.values(), self.load_target_action, self.load_inverted_action):
+        for action in (
+            *self.preset_actions.values(),
+            self.load_target_action,
+            self.load_inverted_action,
+            self.recommended_action,
+        ):
             action.setEnabled(idle)
         self.presets_menu.setEnabled(idle)
         self.state_label.setText(state.value)
@@ -645,7 +702,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.state is RunState.IDLE:
             self._start_new_run(single_step=True)
         elif self.state is RunState.PAUSED:
-            self._start_job(TrainingJob(1, self.panel.samples(), trainer=self.trainer, live=self._take_live()), True)
+            job = TrainingJob(1, self.panel.samples(), trainer=self.trainer, live=self._take_live())
+            self._start_job(job, single_step=True)
 
     def _take_live(self) -> dict[str, float]:
         live, self.pending_live = self.pending_live, {}
@@ -804,7 +862,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.remaining_steps = None
             self._set_state(RunState.IDLE)
             if result.reason == "completed" and intent is None:
-                self.statusBar().showMessage(f"Finished: {result.steps} steps in {result.seconds:.1f} s", 10000)
+                message = f"Finished: {result.steps} steps in {result.seconds:.1f} s"
+                self.statusBar().showMessage(message, 10000)
         elif intent == "reset":
             self.trainer = None
             self._set_state(RunState.IDLE)
@@ -931,7 +990,9 @@ class MainWindow(QtWidgets.QMainWindow):
         try:
             save_target(self.editor.canvas.weights, path)
         except (TargetError, OSError) as error:
-            self.show_error("Could not save the target", f"{error}\nPaint at least one cell, or choose another file.")
+            self.show_error(
+                "Could not save the target", f"{error}\nPaint at least one cell, or choose another file."
+            )
             return False
         self._remember_folder(path)
         self.statusBar().showMessage(f"Saved the target to {path}", 5000)
@@ -951,6 +1012,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if configs is None:
             return False
         model = self._ensure_model(*configs)
+        torch.set_num_threads(GUI_TORCH_THREADS)
         generator = torch.Generator().manual_seed(configs[1].seed)
         samples = model.sample(count, generator=generator).cpu().numpy()
         try:

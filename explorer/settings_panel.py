@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import logging
 import math
 import os
 import re
@@ -22,8 +21,6 @@ from PySide6 import QtCore, QtWidgets
 from dflows.config import ConfigError, FlowConfig, TrainConfig
 from dflows.devices import DeviceError, available_devices, resolve_device
 from dflows.targets import MAX_GRID, MIN_GRID
-
-log = logging.getLogger("explorer")
 
 INT_LIMIT = 2**31 - 1  # the largest value a QSpinBox (a C int) stores
 

@@ -138,6 +138,7 @@ class GridView(QtWidgets.QWidget):
         )
         self.colour_bar.setImageItem(self.image, insert_in=self.plot)
         self.colour_bar.axis.setCacheMode(cache)
+        self._bar_shows_log = False
 
         self.hover_label = readout_label()
         self.footer = QtWidgets.QVBoxLayout()
@@ -204,6 +205,13 @@ class GridView(QtWidgets.QWidget):
             self.image.setImage(shown, autoLevels=False, levels=(low, high))
         if tuple(self.colour_bar.levels()) != (low, high):
             self.colour_bar.setLevels((low, high))
+        if self.scale.log != self._bar_shows_log:
+            # In log mode the bar's ticks are exponents, so name them.
+            if self.scale.log:
+                self.colour_bar.axis.setLabel("log10")
+            else:
+                self.colour_bar.axis.showLabel(False)
+            self._bar_shows_log = self.scale.log
         self.stale = False
 
     # Hover readout.

@@ -144,7 +144,10 @@ class TrainingJob(QtCore.QObject):
         with self._live_lock:
             changes, self._live = self._live, {}
         for name, value in changes.items():
-            log.debug("job %d: %s set to %g before step %d", self.job_id, name, value, self.trainer.step_count + 1)
+            log.debug(
+                "job %d: %s set to %g before step %d",
+                self.job_id, name, value, self.trainer.step_count + 1,
+            )
             if name == "lr":
                 self.trainer.set_lr(value)
             else:

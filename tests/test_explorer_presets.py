@@ -91,3 +91,17 @@ def test_make_assets_script_writes_every_file(tmp_path):
     written = sorted(path.name for path in tmp_path.iterdir())
     expected = sorted([icons.ICON_FILE, *(icons.thumbnail_file(name) for name in dflows.PRESETS)])
     assert written == expected
+
+
+def test_recommended_settings_follow_the_preset(window):
+    from dflows.config import recommended_configs
+
+    window.load_preset("moons")
+    window.panel.train_editors["seed"].set_value(5)
+    window.panel.flow_editors["layers"].set_value(7)
+    window.recommended_action.trigger()
+
+    flow, train = recommended_configs("moons", 12)
+    assert window.panel.flow_config() == flow
+    assert window.panel.train_config().seed == train.seed
+    assert window.dirty

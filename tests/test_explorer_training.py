@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PySide6 import QtCore
 
 import dflows
 import dflows.trainer
@@ -288,3 +289,36 @@ def test_new_window_opens_on_ring8_recommended(qtbot, settings_path):
         np.testing.assert_allclose(window.editor.probabilities(), dflows.preset("ring8", 91))
     finally:
         close_window(window)
+
+
+def test_loss_hover_names_step_and_values(qtbot, window):
+    use_gradient(window, steps=5)
+    stop_and_wait(qtbot, window, window.train)
+    window.show()
+    qtbot.waitExposed(window)
+    loss = window.loss_view
+    box = loss.plot_widget.getPlotItem().getViewBox()
+    box.setRange(xRange=(0, 6), padding=0)
+    QtCore.QCoreApplication.processEvents()
+    low, high = box.viewRange()[1]
+
+    loss._mouse_moved(box.mapViewToScene(QtCore.QPointF(3, (low + high) / 2)))
+
+    text = loss.hover_label.text()
+    assert text.startswith("step 3")
+    assert "loss at step 3 = " in text
+    assert "NLL at step " in text
+    assert "H(p) = " in text
+
+
+def test_log_scale_changes_levels_and_labels(window):
+    window.log_action.setChecked(True)
+    low, high = window.scales["probability"].levels
+    assert high <= 0
+    assert high - low == pytest.approx(6.0)
+    assert window.density_view.colour_bar.axis.labelText == "log10"
+    np.testing.assert_allclose(
+        window.density_view.image.image, np.log10(np.maximum(window.density_view.values, 10.0**low))
+    )
+    window.log_action.setChecked(False)
+    assert window.scales["probability"].levels[0] == 0.0

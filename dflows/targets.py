@@ -73,6 +73,9 @@ def validate_target(array, name: str = "target") -> np.ndarray:
     total = p.sum()
     if not total > 0:
         raise TargetError(f"{name} is all zero: give at least one cell a positive weight")
+    if abs(total - 1.0) <= 1e-12:
+        # Already normalised: dividing again would change the last bit of some entries.
+        return p
     return p / total
 
 

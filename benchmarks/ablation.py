@@ -29,6 +29,7 @@ from dflows.metrics import entropy
 from _common import machine, train
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+GROUPS = ["recommended", "search", "depth", "gradient", "identity", "gaussian"]
 
 
 def gradient_baseline() -> tuple[FlowConfig, TrainConfig]:
@@ -58,6 +59,33 @@ def gradient_rows() -> list[tuple[str, dict, dict]]:
             {"identity_bias": 1.0},
             {"objective": "exact", "base_init": "marginals", "base_lr": 0.1, "lr_final": 0.001},
         ),
+    ]
+
+
+def identity_baseline() -> tuple[FlowConfig, TrainConfig]:
+    """The naive baseline with identity-biased tables and without input gradients."""
+    flow, train_config = gradient_baseline()
+    flow.identity_bias = 1.0
+    train_config.input_gradient = False
+    return flow, train_config
+
+
+def identity_rows() -> list[tuple[str, dict, dict]]:
+    """Each gradient idea on top of identity-biased tables, the one that matters most."""
+    return [
+        ("identity-biased tables, no input gradients (4 layers, batch 1024, T 0.1, lr 0.01)", {}, {}),
+        ("+ exact expected NLL instead of batches", {}, {"objective": "exact"}),
+        ("+ temperature schedule 1.0 -> 0.1", {}, {"temperature": 1.0, "temperature_final": 0.1}),
+        ("+ temperature schedule 0.1 -> 0.01", {}, {"temperature_final": 0.01}),
+        ("+ learning-rate schedule 0.01 -> 0.001 (cosine)", {}, {"lr_final": 0.001}),
+        ("+ learning rate 0.05", {}, {"lr": 0.05}),
+        ("+ base started at the target's marginals", {}, {"base_init": "marginals"}),
+        ("+ base learning rate 0.1", {}, {"base_lr": 0.1}),
+        ("+ gradient into conditioner inputs", {}, {"input_gradient": True}),
+        ("+ location-scale (affine) layers", {"layer_type": "affine"}, {}),
+        ("+ 4000 steps", {}, {"steps": 4000}),
+        ("2 layers", {"layers": 2}, {}),
+        ("8 layers", {"layers": 8}, {}),
     ]
 
 
@@ -106,22 +134,33 @@ def run_group(name, rows, make_base, seeds, quick, target):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--only", nargs="*", choices=["gradient", "search", "depth", "gaussian"])
+    parser.add_argument(
+        "--only", nargs="*", choices=GROUPS,
+        help="run these groups and keep the other groups' results from an earlier ablation.json",
+    )
     parser.add_argument("--quick", action="store_true", help="few steps: checks that the script runs")
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for ablation.md and ablation.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    groups = args.only or ["gradient", "search", "depth", "gaussian"]
+    groups = args.only or GROUPS
 
     target = dflows.preset("ring8", 91)
     default_steps = recommended_configs("ring8", 91)[1].steps
     results = []
+    if "recommended" in groups:
+        for method in ("search", "gradient"):
+            results += run_group(
+                "recommended", [(f"recommended settings, {method} method", {}, {})],
+                lambda method=method: recommended_configs("ring8", 91, method), args.seeds, args.quick, target,
+            )
     if "search" in groups:
         results += run_group("search", search_rows(), lambda: recommended_configs("ring8", 91), args.seeds, args.quick, target)
     if "depth" in groups:
         results += run_group("depth", depth_rows(default_steps), lambda: recommended_configs("ring8", 91), args.seeds, args.quick, target)
     if "gradient" in groups:
         results += run_group("gradient", gradient_rows(), gradient_baseline, args.seeds, args.quick, target)
+    if "identity" in groups:
+        results += run_group("identity", identity_rows(), identity_baseline, args.seeds, args.quick, target)
     if "gaussian" in groups:
         gaussian = dflows.preset("gaussian")
         records = run_group(
@@ -131,6 +170,11 @@ def main() -> None:
         for record in records:
             record["entropy"] = entropy(gaussian)
         results += records
+
+    previous = args.out / "ablation.json"
+    if args.only and previous.exists():
+        kept = [record for record in json.loads(previous.read_text()) if record["group"] not in groups]
+        results = sorted(kept + results, key=lambda record: GROUPS.index(record["group"]))
 
     lines = [
         "<!-- written by benchmarks/ablation.py -->",

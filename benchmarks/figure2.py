@@ -38,7 +38,7 @@ def authors_configs(seed: int) -> tuple[FlowConfig, TrainConfig]:
     )
     train_config = TrainConfig(
         method="gradient", objective="sampled", batch_size=128, lr=0.01,
-        temperature=0.1, temperature_final=None, steps=500, seed=seed,
+        temperature=0.1, temperature_final=None, steps=500, seed=seed, input_gradient=True,
         device="cpu", threads=1,
     )
     return flow, train_config

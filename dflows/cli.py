@@ -112,7 +112,8 @@ def _command_targets(_: argparse.Namespace) -> int:
 
 
 def _train_settings(args: argparse.Namespace, grid: int) -> tuple[FlowConfig, TrainConfig]:
-    flow, train = recommended_configs(args.target if args.target in PRESETS else None, grid)
+    method = args.method or ("gradient" if args.conditioner == "mlp" else "search")
+    flow, train = recommended_configs(args.target if args.target in PRESETS else None, grid, method)
     flow_options = {
         "layers": args.layers,
         "layer_type": args.layer_type,
@@ -138,8 +139,6 @@ def _train_settings(args: argparse.Namespace, grid: int) -> tuple[FlowConfig, Tr
     for name, value in train_options.items():
         if value is not None:
             setattr(train, name, value)
-    if flow.conditioner == "mlp" and args.method is None:
-        train.method = "gradient"
     if train.method == "search" and flow.conditioner != "table":
         raise UsageError("--method search needs --conditioner table; use --method gradient for an MLP")
     flow.validate()

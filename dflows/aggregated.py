@@ -112,27 +112,28 @@ def weighted_nll_backward(
     ]
     flat.append((values + _offsets(size, cells.device)).view(-1) + layer_bins)
     if uniform:
-        counts = torch.bincount(torch.cat(flat), minlength=layer_bins + 2 * size)
-        histograms = counts.to(torch.float32) * weights
-        total = weights * len(cells)
+        # Count, and apply the common weight to the small factors below instead of the bins.
+        histograms = torch.bincount(torch.cat(flat), minlength=layer_bins + 2 * size).to(torch.float32)
+        scale = weights
     else:
         repeated = torch.cat([weights.repeat(count), weights.repeat_interleave(2)])
         histograms = torch.bincount(torch.cat(flat), weights=repeated, minlength=layer_bins + 2 * size)
-        total = weights.sum()
+        scale = 1.0
 
     # Base: with h the histogram of z, the loss is -<h, log softmax(logits)> and its gradient
     # with respect to the logits is sum(h) * softmax(logits) - h.
     latent_histogram = histograms[layer_bins:].view(2, size)
     log_base = torch.log_softmax(model.base.logits.detach(), dim=-1)
-    loss = -(latent_histogram * log_base).sum()
-    _accumulate(model.base.logits, total * log_base.exp() - latent_histogram)
+    loss = -scale * float((latent_histogram * log_base).sum())
+    total = len(cells) if uniform else weights.sum()
+    _accumulate(model.base.logits, (log_base.exp() * total - latent_histogram) * scale)
     if not records:
-        return float(loss)
+        return loss
 
     # Layers: the row-wise correlation of each layer's histogram with g = -log base_j is the
     # row-summed gradient S directly; the straight-through softmax turns it into the table's.
     moved = [record[1] for record in records]
-    row_sums = _correlate_rows(histograms[:layer_bins].view(count, size, size), -log_base, moved)
+    row_sums = _correlate_rows(histograms[:layer_bins].view(count, size, size), log_base * -scale, moved)
 
     inverse_temperature = 1.0 / temperature
     soft = torch.softmax(stacked * inverse_temperature, dim=2)
@@ -140,4 +141,4 @@ def weighted_nll_backward(
     gradients = (weighted - soft * weighted.sum(dim=2, keepdim=True)) * inverse_temperature
     for table, gradient in zip(tables, gradients):
         _accumulate(table, gradient)
-    return float(loss)
+    return loss

@@ -10,7 +10,7 @@ The public API::
     dflows.save(model, "ring.dflow")
 """
 
-from .config import ConfigError, FlowConfig, TrainConfig
+from .config import ConfigError, FlowConfig, TrainConfig, recommended_configs
 from .devices import DeviceError, available_devices, resolve_device
 from .flow import DiscreteFlow
 from .layers import CouplingLayer
@@ -42,6 +42,7 @@ __all__ = [
     "load",
     "load_target",
     "preset",
+    "recommended_configs",
     "resolve_device",
     "save",
     "validate_target",

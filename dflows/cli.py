@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_positive_int, help="hidden width of the MLP conditioner")
     train.add_argument("--method", choices=["search", "gradient"], help="exact annealed search (tables only) or straight-through gradients")
     train.add_argument("--objective", choices=["exact", "sampled"], help="gradient method: exact expected NLL or sampled batches")
-    train.add_argument("--steps", type=_positive_int, help="sweeps (search) or optimiser steps (gradient)")
+    train.add_argument(
+        "--steps", type=_positive_int,
+        help="sweeps (search) or optimiser steps (gradient); 0 trains until Ctrl+C, which saves the model",
+    )
     train.add_argument("--batch", type=_positive_int, help="batch size of the sampled objective")
     train.add_argument("--lr", type=_number, help="Adam learning rate (gradient method)")
     train.add_argument("--temperature", type=_number, help="temperature at the first step")
@@ -113,7 +116,10 @@ def _command_targets(_: argparse.Namespace) -> int:
 
 def _train_settings(args: argparse.Namespace, grid: int) -> tuple[FlowConfig, TrainConfig]:
     method = args.method or ("gradient" if args.conditioner == "mlp" else "search")
-    flow, train = recommended_configs(args.target if args.target in PRESETS else None, grid, method)
+    if method == "search" and args.conditioner == "mlp":
+        raise UsageError("--method search needs --conditioner table; use --method gradient for an MLP")
+    preset = args.target if args.target in PRESETS else None
+    flow, train = recommended_configs(preset, grid, method, args.conditioner or "table")
     flow_options = {
         "layers": args.layers,
         "layer_type": args.layer_type,
@@ -139,11 +145,36 @@ def _train_settings(args: argparse.Namespace, grid: int) -> tuple[FlowConfig, Tr
     for name, value in train_options.items():
         if value is not None:
             setattr(train, name, value)
-    if train.method == "search" and flow.conditioner != "table":
-        raise UsageError("--method search needs --conditioner table; use --method gradient for an MLP")
-    flow.validate()
-    train.validate()
+    try:
+        flow.validate()
+        train.validate()
+    except ConfigError as error:
+        raise UsageError(_option_names(str(error))) from None
     return flow, train
+
+
+# Settings whose command-line option has another name than the field.
+OPTION_NAMES = {"layer_type": "--layer-type", "batch_size": "--batch", "temperature_final": "--temperature-final"}
+
+
+def _option_names(message: str) -> str:
+    """Write a settings error in terms of the option the user typed, e.g. ``--lr=-1.0``."""
+    field, separator, rest = message.partition("=")
+    if not separator:
+        field, separator, rest = message.partition(" ")
+    if field.isidentifier():
+        option = OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+        return f"{option}{separator}{rest}"
+    return message
+
+
+def _check_output(path: Path, option: str = "--out") -> None:
+    """Raise ``UsageError`` before any work if ``path`` cannot be written."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name")
 
 
 def _command_train(args: argparse.Namespace) -> int:
@@ -151,12 +182,15 @@ def _command_train(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".dflow":
         raise UsageError(f"--out {args.out}: the model file name must end in .dflow")
+    _check_output(args.out)
     target = load_target(args.target, args.grid)
     flow_config, train_config = _train_settings(args, target.shape[0])
     model = create_flow(flow_config, train_config.seed)
     trainer = Trainer(model, target, train_config)
 
     total = trainer.total_steps
+    if total == 0:
+        print("dflows train: --steps 0 trains until you press Ctrl+C, which saves the model", file=sys.stderr)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -179,7 +213,11 @@ def _command_train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
 
-    save(model, args.out)
+    try:
+        save(model, args.out)
+    except ModelFileError as error:
+        print(f"dflows train: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     metrics = trainer.evaluate()
     seconds = model.history["seconds"][-1] if model.history["seconds"] else 0.0
     rate = trainer.step_count / seconds if seconds > 0 else float("nan")
@@ -249,6 +287,7 @@ def _command_sample(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".npy", ".csv"):
         raise UsageError(f"--out {args.out}: use a .npy or .csv file name")
+    _check_output(args.out)
     model = load(args.model)
     generator = torch.Generator().manual_seed(args.seed)
     samples = model.sample(args.n, generator=generator).cpu().numpy().astype(np.int64)
@@ -278,12 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"dflows {args.command}"
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, TargetError, DeviceError) as error:
+    except (UsageError, ConfigError, TargetError, DeviceError, ModelFileError) as error:
+        # Every one of these names an argument (a value or an input file) that cannot be used.
         print(f"{prefix}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except ModelFileError as error:
-        print(f"{prefix}: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     except OSError as error:
         print(f"{prefix}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return EXIT_FAILURE

@@ -79,6 +79,14 @@ def validate_target(array, name: str = "target") -> np.ndarray:
     return p / total
 
 
+def same_target(first: np.ndarray | None, second: np.ndarray | None) -> bool:
+    """Return True when two targets are equal up to float rounding (relative 1e-9)."""
+    if first is None or second is None:
+        return first is second
+    first, second = np.asarray(first), np.asarray(second)
+    return first.shape == second.shape and bool(np.allclose(first, second, rtol=1e-9, atol=1e-300))
+
+
 def _overlap(new_size: int, old_size: int) -> np.ndarray:
     """Return ``A`` (new x old): the fraction of old cell j that lies inside new cell i."""
     old_edges = np.arange(old_size + 1) / old_size
@@ -295,7 +303,15 @@ def load_npy(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise TargetError(f"{path}: file not found") from None
-    except (ValueError, OSError, EOFError) as error:
+    except ValueError as error:
+        if "pickle" in str(error):
+            # NumPy blames pickling both for object arrays and for files without a .npy header.
+            with open(path, "rb") as file:
+                has_header = file.read(6) == b"\x93NUMPY"
+            reason = "it holds Python objects, which are never loaded" if has_header else "it has no .npy header"
+            raise TargetError(f"{path}: not a readable .npy array: {reason}") from None
+        raise TargetError(f"{path}: not a readable .npy array ({error})") from None
+    except (OSError, EOFError) as error:
         raise TargetError(f"{path}: not a readable .npy array ({error})") from None
     if array.ndim == 2 and size is not None and array.shape != (size, size):
         array = resample(validate_target(_square(array), name=str(path)), size)

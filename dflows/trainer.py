@@ -18,7 +18,7 @@ from .devices import resolve_device
 from .flow import DiscreteFlow
 from .metrics import Metrics, compute_metrics, entropy, factorized_entropy
 from .search import GridSearch, temperature_at
-from .targets import validate_target
+from .targets import same_target, validate_target
 
 # The exact objective skips cells whose probability is below this fraction of the largest
 # one; together they change the loss by far less than float32 rounding does.
@@ -122,6 +122,9 @@ class Trainer:
 
         self.device = resolve_device(self.config.device)
         torch.set_num_threads(self.config.threads)
+        if model.target is not None and not same_target(model.target, self.target):
+            # The history measured another target; the weights carry over, the history not.
+            model.history = {}
         self.model = model.to(self.device)
         self.model.target = self.target
         self.model.train_config = self.config.to_dict()

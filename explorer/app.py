@@ -48,6 +48,19 @@ def make_settings(path: str | None):
     return QtCore.QSettings()
 
 
+def display_problem(environment=None, platform: str = sys.platform) -> str | None:
+    """Return why no window can open here, or None; Qt itself aborts the process instead."""
+    environment = os.environ if environment is None else environment
+    if not platform.startswith("linux") or environment.get("QT_QPA_PLATFORM"):
+        return None
+    if environment.get("DISPLAY") or environment.get("WAYLAND_DISPLAY"):
+        return None
+    return (
+        "no display: the app needs a desktop session (DISPLAY or WAYLAND_DISPLAY is unset). "
+        "Run it on a desktop, or use the dflows command, which needs none."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the app; returns the exit status."""
     args, qt_arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
@@ -55,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s [%(threadName)s] %(message)s",
     )
+
+    problem = display_problem()
+    if problem:
+        print(f"dflows-explorer: {problem}", file=sys.stderr)
+        return 1
 
     from PySide6 import QtCore, QtWidgets
 

@@ -14,6 +14,7 @@ import torch
 
 from dflows.flow import DiscreteFlow
 from dflows.metrics import Metrics, compute_metrics
+from dflows.targets import same_target
 from dflows.trainer import Snapshot, histogram
 
 
@@ -46,6 +47,9 @@ def snapshot_of(
         metrics = Metrics(math.nan, math.nan, math.nan, math.nan)
         data_histogram = np.zeros_like(target)
     history = {key: np.asarray(value, dtype=np.float64) for key, value in model.history.items()}
+    if model.target is not None and not same_target(model.target, target):
+        # The stored history measured another target, so its curve would mislead here.
+        history = {}
     steps = history.get("step")
     losses = history.get("loss")
     settings = model.train_config or {}

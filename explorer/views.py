@@ -138,6 +138,9 @@ class GridView(QtWidgets.QWidget):
         )
         self.colour_bar.setImageItem(self.image, insert_in=self.plot)
         self.colour_bar.axis.setCacheMode(cache)
+        # The bar's axis keeps the width of its first labels and drops wider ones later, such
+        # as "0.0002" after "0.001". A fixed width fits six digits after the point.
+        self.colour_bar.axis.setWidth(54)
         self._bar_shows_log = False
 
         self.hover_label = readout_label()

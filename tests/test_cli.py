@@ -185,7 +185,7 @@ def test_bad_model_file_message(capsys, tmp_path, content):
 
     status, _, err = run_main(capsys, ["eval", str(path)])
 
-    assert status == 1
+    assert status == 2
     assert str(path) in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err

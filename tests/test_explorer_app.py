@@ -92,3 +92,13 @@ def test_arguments_leave_qt_options_to_qt():
     assert options.file == "model.dflow"
     assert options.quit_after_ms == 10
     assert rest == ["-platform", "offscreen"]
+
+
+def test_no_display_message():
+    from explorer.app import display_problem
+
+    assert "no display" in display_problem({}, "linux")
+    assert display_problem({"DISPLAY": ":0"}, "linux") is None
+    assert display_problem({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}, "linux") is None
+    assert display_problem({}, "darwin") is None

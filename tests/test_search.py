@@ -168,3 +168,20 @@ def test_gaussian_default_settings_reach_entropy():
     trainer.run()
 
     assert trainer.evaluate().kl < 0.01
+
+
+def test_mlp_gradient_learns_band():
+    size = 32
+    rows = np.arange(size)
+    # Each row's mass sits at column row / 2 + 4: one shift per row makes it factorized.
+    target = np.exp(-0.5 * (rows[None, :] - (rows[:, None] // 2 + 4)) ** 2)
+    target *= np.exp(-0.5 * (rows[:, None] - 16) ** 2 / 36)
+    target /= target.sum()
+    flow, train = recommended_configs(None, size, "gradient", "mlp")
+    train.steps = 300
+    train.device = "cpu"
+    trainer = dflows.Trainer(dflows.create_flow(flow, 0), target, train)
+
+    trainer.run()
+
+    assert trainer.evaluate().nll < factorized_entropy(target) - 0.5

@@ -558,3 +558,15 @@ def test_snapshots_do_not_change_sampled_training():
     unwatched.run(steps=6)
 
     assert watched.model.history["loss"] == unwatched.model.history["loss"]
+
+
+def test_new_target_starts_new_history():
+    model = create_flow(FlowConfig(vocab_size=12, layers=2), seed=0)
+    Trainer(model, preset("ring8", 12), TrainConfig(steps=3, restarts=0, device="cpu")).run()
+    latent = model(model.grid_cells())
+
+    trainer = Trainer(model, preset("moons", 12), TrainConfig(steps=3, restarts=0, device="cpu"))
+
+    assert trainer.step_count == 0
+    assert model.history["step"] == []
+    assert torch.equal(model(model.grid_cells()), latent)

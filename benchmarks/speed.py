@@ -172,12 +172,12 @@ def build_training_step(spec: dict, device: torch.device) -> Callable[[], None]:
     if not reference and aggregated.supports(model, spec["input_gradient"]):
         # Without input gradients the Trainer takes the aggregated path, which needs no
         # one-hot codes, with fused Adam; time that, not the generic path.
-        weights = torch.full((len(data),), 1.0 / len(data), device=device)
+        weight = 1.0 / len(data)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, fused=device.type in ("cpu", "cuda"))
 
         def aggregated_step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            aggregated.weighted_nll_backward(model, data, weights, TEMPERATURE)
+            aggregated.weighted_nll_backward(model, data, weight, TEMPERATURE)
             optimizer.step()
 
         return aggregated_step

@@ -62,6 +62,9 @@ def _correlate_rows(histograms: torch.Tensor, g: torch.Tensor, moved: list[int])
         # circulant[j, c, m] = g[j, (c + m) mod K], a strided view of g repeated twice.
         doubled = torch.cat([g, g], dim=1)
         circulant = doubled.as_strided((2, size, size), (2 * size, 1, 1))
+        if len(moved) == 1:
+            # A plain index keeps the view; a list index would copy it first.
+            return torch.matmul(histograms, circulant[moved[0]])
         return torch.matmul(histograms, circulant[moved])
     spectra = torch.fft.rfft(g, dim=1)
     spectrum = torch.conj(torch.fft.rfft(histograms, dim=2)) * spectra[moved, None]
@@ -87,7 +90,10 @@ def weighted_nll_backward(
     """
     size = model.vocab_size
     uniform = not isinstance(weights, torch.Tensor)
-    tables = [layer.conditioner.table for layer in model.layers]
+    tables, variables = [], []
+    for layer in model.layers:
+        tables.append(layer.conditioner.table)
+        variables.append((layer.kept_variables[0], layer.moved_variables[0]))
     count = len(tables)
 
     # Forward: integer shifts, remembering each sample's row and shift in every layer.
@@ -96,11 +102,12 @@ def weighted_nll_backward(
     if tables:
         stacked = torch.stack([table.detach() for table in tables]) if count > 1 else tables[0].detach()[None]
         loc_of_rows = stacked.argmax(dim=2)
-    for index, layer in enumerate(model.layers):
-        (kept,), (moved,) = layer.kept_variables, layer.moved_variables
+    for index, (kept, moved) in enumerate(variables):
         rows = values[:, kept].clone()
         loc = loc_of_rows[index][rows]
-        values[:, moved] = torch.remainder(values[:, moved] + loc, size)
+        shifted = values[:, moved]
+        shifted += loc
+        shifted.remainder_(size)
         records.append((rows, moved, loc))
 
     # One bincount gives every histogram: per layer, the weighted counts of
@@ -126,7 +133,7 @@ def weighted_nll_backward(
     log_base = torch.log_softmax(model.base.logits.detach(), dim=-1)
     loss = -scale * float((latent_histogram * log_base).sum())
     total = len(cells) if uniform else weights.sum()
-    _accumulate(model.base.logits, (log_base.exp() * total - latent_histogram) * scale)
+    _accumulate(model.base.logits, log_base.exp().mul_(total).sub_(latent_histogram).mul_(scale))
     if not records:
         return loss
 
@@ -138,7 +145,7 @@ def weighted_nll_backward(
     inverse_temperature = 1.0 / temperature
     soft = torch.softmax(stacked * inverse_temperature, dim=2)
     weighted = soft * row_sums
-    gradients = (weighted - soft * weighted.sum(dim=2, keepdim=True)) * inverse_temperature
+    gradients = weighted.sub_(soft * weighted.sum(dim=2, keepdim=True)).mul_(inverse_temperature)
     for table, gradient in zip(tables, gradients):
         _accumulate(table, gradient)
     return loss

@@ -287,8 +287,7 @@ class Trainer:
         size = self.model.vocab_size
         cells = torch.stack([flat // size, flat % size], dim=1).to(self.device)
         if fast:
-            weights = torch.full((len(cells),), 1.0 / len(cells), device=self.device)
-            return aggregated.weighted_nll_backward(self.model, cells, weights, temperature)
+            return aggregated.weighted_nll_backward(self.model, cells, 1.0 / len(cells), temperature)
         loss = -self.model.log_prob_codes(self._codes(cells), temperature, input_gradient).mean()
         loss.backward()
         return float(loss.detach())

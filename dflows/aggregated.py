@@ -44,8 +44,8 @@ def supports(model, input_gradient: bool) -> bool:
     )
 
 
-# Up to this K the row correlations are one matrix product with a circulant matrix (K^3
-# multiply-adds per layer); above it, FFTs along the rows are cheaper (K^2 log K).
+# Up to this K the row correlations are one matrix product with a circulant matrix, K^3
+# multiply-adds per layer. Above it, FFTs along the rows are cheaper (K^2 log K).
 MAX_MATMUL_SIZE = 128
 
 

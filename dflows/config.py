@@ -92,7 +92,7 @@ class FlowConfig:
 
 @dataclass
 class TrainConfig:
-    """How a ``Trainer`` optimises a flow.
+    """The settings of a ``Trainer``: the method, its schedule and where it runs.
 
     Two methods are available. ``"search"`` (lookup-table conditioners on a grid only) is an
     annealed exact search over the classes the tables pick. It starts from the best of several

@@ -20,9 +20,9 @@ temperature falls geometrically, which makes this simulated annealing on the exa
 
 Straight-through gradients only see how the loss changes for nearby choices, and so does a
 greedy version of this search: both stall around 6.7 nats on the 8-Gaussian ring while the
-best flows reach 6.33. What fixes it is a coarse start: the same search on the target
-resampled to a few cells per axis, where a whole blob of mass moves as one row, from several
-random starts; the best start, lifted to K, is then annealed at full resolution.
+best flows reach 6.33. What fixes it is a coarse start. The same search runs from several
+random starts on the target resampled to a few cells per axis, where a whole blob of mass
+moves as one row. The best start, lifted to K, is then annealed at full resolution.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from .search import GridSearch, temperature_at
 from .targets import same_target, validate_target
 
 # The exact objective skips cells whose probability is below this fraction of the largest
-# one; together they change the loss by far less than float32 rounding does.
+# one. Together they change the loss by far less than float32 rounding does.
 SUPPORT_CUTOFF = 1e-12
 
 # Cells per chunk when the exact objective is evaluated; bounds the memory of a step.
@@ -67,7 +67,7 @@ class Snapshot:
 
 @dataclass
 class RunResult:
-    """How a ``Trainer.run`` ended: ``reason`` is "completed", "stopped" or "diverged"."""
+    """The outcome of a ``Trainer.run``: ``reason`` is "completed", "stopped" or "diverged"."""
 
     steps: int
     reason: str

@@ -2,8 +2,8 @@
 
 Every row trains on the Figure-2 target (8 Gaussians on a ring, K = 91) for each seed and
 reports the exact NLL in nats (entropy 6.320, best factorized model 7.352). Gradient rows
-change one setting of a naive baseline; search rows take parts of the default search away;
-depth rows compare stacks of 1 to 8 layers under the same number of steps.
+change one setting of a naive baseline. Search rows take parts of the default search away.
+Depth rows compare stacks of 1 to 8 layers under the same number of steps.
 
 Usage::
 
@@ -43,7 +43,7 @@ def gradient_baseline() -> tuple[FlowConfig, TrainConfig]:
 
 
 def gradient_rows() -> list[tuple[str, dict, dict]]:
-    """Each gradient idea on its own: (label, FlowConfig changes, TrainConfig changes)."""
+    """Return each gradient idea on its own: (label, FlowConfig changes, TrainConfig changes)."""
     return [
         ("naive baseline (4 layers, random init, batch 1024, T 0.1, lr 0.01)", {}, {}),
         ("+ identity-biased initial tables (bias 1)", {"identity_bias": 1.0}, {}),
@@ -63,7 +63,7 @@ def gradient_rows() -> list[tuple[str, dict, dict]]:
 
 
 def identity_baseline() -> tuple[FlowConfig, TrainConfig]:
-    """The naive baseline with identity-biased tables and without input gradients."""
+    """Return the naive baseline with identity-biased tables and without input gradients."""
     flow, train_config = gradient_baseline()
     flow.identity_bias = 1.0
     train_config.input_gradient = False
@@ -71,7 +71,7 @@ def identity_baseline() -> tuple[FlowConfig, TrainConfig]:
 
 
 def identity_rows() -> list[tuple[str, dict, dict]]:
-    """Each gradient idea on top of identity-biased tables, the one that matters most."""
+    """Return each gradient idea on top of identity-biased tables, the idea that matters most."""
     return [
         ("identity-biased tables, no input gradients (4 layers, batch 1024, T 0.1, lr 0.01)", {}, {}),
         ("+ exact expected NLL instead of batches", {}, {"objective": "exact"}),
@@ -90,7 +90,7 @@ def identity_rows() -> list[tuple[str, dict, dict]]:
 
 
 def search_rows() -> list[tuple[str, dict, dict]]:
-    """The default search with parts taken away, and with affine layers added."""
+    """Return the default search with parts taken away, and with affine layers added."""
     greedy = {"temperature": 1e-4, "temperature_final": 1e-4}
     return [
         ("greedy coordinate search from the identity (no annealing, no coarse starts)", {}, {**greedy, "restarts": 0}),

@@ -19,9 +19,9 @@ gradients into the conditioners' inputs, the straight-through gradient of a weig
   ``softmax(table[v] / T) * (S[v] - <softmax(table[v] / T), S[v]>) / T``, because that map is
   linear in ``S``.
 
-So a step costs integer arithmetic and one ``bincount`` entry per sample and layer, plus one
-row-wise circular correlation of a ``K x K`` histogram per layer (a product with a circulant
-matrix for small K, FFTs along the rows for large K). It gives the same gradients as autograd
+So a step costs integer arithmetic and one ``bincount`` entry per sample and layer. On top
+comes one row-wise circular correlation of a ``K x K`` histogram per layer: a product with a
+circulant matrix for small K, FFTs along the rows for large K. It gives the same gradients as autograd
 through ``DiscreteFlow.log_prob_codes(..., input_gradient=False)``.
 """
 
@@ -110,8 +110,8 @@ def weighted_nll_backward(
         shifted.remainder_(size)
         records.append((rows, moved, loc))
 
-    # One bincount gives every histogram: per layer, the weighted counts of
-    # (row, z_j - loc(row)) in bins [l K^2, (l + 1) K^2); then those of z_0 and z_1.
+    # One bincount gives every histogram. Layer l counts (row, z_j - loc(row)) in the bins
+    # [l K^2, (l + 1) K^2), and the last 2 K bins count z_0 and z_1.
     layer_bins = count * size * size
     flat = [
         (index * size + rows) * size + torch.remainder(values[:, moved] - loc, size)

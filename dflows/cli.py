@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -70,25 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--target", required=True, help="a preset name (see 'dflows targets'), a .npy file or an image")
     train.add_argument("--out", required=True, type=Path, help="model file to write (.dflow)")
-    train.add_argument("--grid", type=_positive_int, help="grid size K (2 to 256); default: the target's own")
-    train.add_argument("--layers", type=_positive_int, help="number of coupling layers")
+    train.add_argument("--grid", type=_non_negative_int, help="grid size K (2 to 256); default: the target's own")
+    train.add_argument("--layers", type=_non_negative_int, help="number of coupling layers")
     train.add_argument("--layer-type", choices=["shift", "affine"], help="shift (x + loc) or affine (scale * x + loc)")
     train.add_argument("--conditioner", choices=["table", "mlp"], help="lookup table or MLP on the kept variable")
-    train.add_argument("--hidden", type=_positive_int, help="hidden width of the MLP conditioner")
+    train.add_argument("--hidden", type=_non_negative_int, help="hidden width of the MLP conditioner")
     train.add_argument("--method", choices=["search", "gradient"], help="exact annealed search (tables only) or straight-through gradients")
     train.add_argument("--objective", choices=["exact", "sampled"], help="gradient method: exact expected NLL or sampled batches")
     train.add_argument(
-        "--steps", type=_positive_int,
+        "--steps", type=_non_negative_int,
         help="sweeps (search) or optimiser steps (gradient); 0 trains until Ctrl+C, which saves the model",
     )
-    train.add_argument("--batch", type=_positive_int, help="batch size of the sampled objective")
+    train.add_argument("--batch", type=_non_negative_int, help="batch size of the sampled objective")
     train.add_argument("--lr", type=_number, help="Adam learning rate (gradient method)")
     train.add_argument("--temperature", type=_number, help="temperature at the first step")
     train.add_argument("--temperature-final", type=_number, help="temperature at the last step")
-    train.add_argument("--restarts", type=_positive_int, help="coarse starts of the search")
-    train.add_argument("--seed", type=_positive_int, help="random seed (default 0)")
+    train.add_argument("--restarts", type=_non_negative_int, help="coarse starts of the search")
+    train.add_argument("--seed", type=_non_negative_int, help="random seed (default 0)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    train.add_argument("--threads", type=_positive_int, help="torch CPU threads (default 1)")
+    train.add_argument("--threads", type=_non_negative_int, help="torch CPU threads (default 1)")
     train.add_argument("--quiet", action="store_true", help="print no progress bar")
 
     evaluate = commands.add_parser("eval", help="print the exact NLL, entropy and KL of a model")
@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="draw samples from a model")
     sample.add_argument("model", type=Path, help="model file (.dflow)")
-    sample.add_argument("-n", type=_positive_int, required=True, help="number of samples")
+    sample.add_argument("-n", type=_non_negative_int, required=True, help="number of samples")
     sample.add_argument("--out", type=Path, required=True, help="output file, .npy or .csv; rows are (row, col)")
-    sample.add_argument("--seed", type=_positive_int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     return parser
 
 

@@ -6,9 +6,9 @@ of the kept part are called *rows*: row ``r`` is the mixed-radix number whose di
 significant first, are the kept values.
 
 Whenever the number of rows is small (always for two variables, where it is K), the logits of
-every row are computed once per call and looked up, so the integer paths used for inference
+every row are computed once per call and looked up. So the integer paths used for inference
 (``forward``, ``inverse``, ``sample``) and the one-hot path used for training pick their
-classes from the very same numbers whatever the batch.
+classes from the very same numbers, whatever the batch.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def _read(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ModelFileError(
-            f"{path}: not a dflows model file; it holds Python objects, which are never "
+            f"{path}: not a dflows model file; it contains Python objects, which are never "
             "loaded because loading them could run code"
         ) from None
     except PermissionError:

@@ -32,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .conditioners import TableConditioner
 from .metrics import entropy
 from .modular import inverse_table, units
 from .targets import resample
@@ -297,7 +298,7 @@ class GridSearch:
         """Build a search over ``model``'s layers, starting from the classes its tables pick."""
         specs = []
         for layer in model.layers:
-            if layer.conditioner.__class__.__name__ != "TableConditioner":
+            if not isinstance(layer.conditioner, TableConditioner):
                 raise ValueError(
                     "the search method needs lookup-table conditioners; "
                     "use the gradient method for MLP conditioners"

@@ -85,9 +85,9 @@ def histogram(cells: torch.Tensor, size: int) -> np.ndarray:
 class Trainer:
     """Fits a 2-variable ``DiscreteFlow`` to a ``K x K`` target.
 
-    The method is the config's: ``"search"`` (annealed exact search over the table choices,
-    see ``dflows.search``; its steps are a few coarse starts and then sweeps at full
-    resolution) or ``"gradient"`` (Adam on straight-through gradients). The model is moved to
+    The config picks the method. ``"search"`` is the annealed exact search over the table
+    choices of ``dflows.search``, whose steps are a few coarse starts and then sweeps at full
+    resolution. ``"gradient"`` is Adam on straight-through gradients. The model is moved to
     the configured device and trained in place; the search itself runs on the CPU with NumPy
     and writes its choices into the model after every step.
 

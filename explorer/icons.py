@@ -3,7 +3,7 @@
 The PNG files are made by ``scripts/make_assets.py`` and kept in the repository's
 ``assets/`` folder. An installed copy of the package looks in ``explorer/assets/`` first.
 When neither folder contains a file, the image is drawn at run time from the same preset, so
-a missing file changes nothing the user sees.
+a missing file does not change what the app shows.
 """
 
 from __future__ import annotations

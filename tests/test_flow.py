@@ -13,6 +13,7 @@ from dflows.config import FlowConfig, TrainConfig
 from dflows.flow import DiscreteFlow
 from dflows.targets import preset
 from dflows.trainer import Trainer, create_flow
+from grid_helpers import cell_ids, grid
 
 torch.set_num_threads(1)
 
@@ -35,16 +36,6 @@ def random_flow(size, layers, layer_type="shift", conditioner="table", seed=0, n
     return flow
 
 
-def grid(size):
-    rows, columns = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    return torch.stack([rows.flatten(), columns.flatten()], dim=1)
-
-
-def cell_ids(points, size):
-    ids = torch.zeros(points.shape[0], dtype=torch.long)
-    for column in range(points.shape[1]):
-        ids = ids * size + points[:, column]
-    return ids
 
 
 def round_trip_cases():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dflows.layers import CouplingLayer
 from dflows.modular import straight_through_one_hot, units
+from grid_helpers import cell_ids, grid
 
 torch.set_num_threads(1)
 
@@ -32,17 +33,6 @@ def random_layer(size, layer_type, conditioner, seed=0, num_variables=2, moved=(
     )
 
 
-def grid(size):
-    rows, columns = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    return torch.stack([rows.flatten(), columns.flatten()], dim=1)
-
-
-def cell_ids(points, size):
-    """Return one integer per point, its index in the mixed-radix order of the variables."""
-    ids = torch.zeros(points.shape[0], dtype=torch.long)
-    for column in range(points.shape[1]):
-        ids = ids * size + points[:, column]
-    return ids
 
 
 def scale_logits_view(layer):

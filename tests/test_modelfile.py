@@ -284,7 +284,7 @@ def test_load_torch_file_with_object(trained_model, tmp_path):
     message = load_problem(path)
 
     assert not marker.exists()
-    assert "holds Python objects, which are never loaded" in message
+    assert "contains Python objects, which are never loaded" in message
 
 
 def test_load_plain_pickle_with_object(tmp_path):
